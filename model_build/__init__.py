@@ -1,0 +1,1 @@
+"""Build, verify, evaluate and fine-tune paraserve's TorchScript BERT artifacts."""

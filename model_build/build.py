@@ -1,0 +1,307 @@
+"""Trace a checkpoint at the trace shape, quantize it, verify every variant, and write artifacts atomically."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import shutil
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model_build import artifact
+from model_build.checkpoint import LABELS, TRACE_INPUTS, Checkpoint, load_for_tracing
+from model_build.encoding import PaddedBatch, PairEncoder, pad_batch, paraphrase_scores
+from model_build.errors import BuildError, VerificationError
+from model_build.parity_pairs import PARITY_PAIRS
+from model_build.quiet import deprecations_silenced
+
+log = logging.getLogger(__name__)
+
+TRACE_TOLERANCE = 1e-4  # traced vs eager fp32 logits: the same kernels, so only summation order differs
+DEFAULT_INT8_TOLERANCE = 0.5  # max |logit difference| int8 vs fp32 on the parity pairs (scores are reported too)
+BUILD_VARIANTS = ("fp32", "int8", "debug", "eager-int8")
+
+
+@dataclass
+class BuildOptions:
+    """What `python -m model_build build` takes."""
+
+    batch_size: int = 8
+    seq_len: int = 128
+    variants: Sequence[str] = BUILD_VARIANTS
+    tolerance: float = DEFAULT_INT8_TOLERANCE
+    two_step: bool = False  # prepare_dynamic_jit + convert_dynamic_jit instead of quantize_dynamic_jit
+    attn_implementation: str = "eager"
+    name: str | None = None
+    force: bool = False
+
+
+@dataclass
+class BuiltVariant:
+    """One verified module, ready to save."""
+
+    variant: str
+    module: torch.jit.ScriptModule
+    op_counts: dict[str, int]
+    parity: dict[str, Any]
+    qconfig: dict[str, Any] | None
+    logits: list[torch.Tensor] = field(default_factory=list)
+
+
+# ---- pure steps -------------------------------------------------------------------------------------------
+
+
+def trace(model: torch.nn.Module, example: PaddedBatch) -> torch.jit.ScriptModule:
+    """torch.jit.trace with (input_ids, attention_mask, token_type_ids), the forward signature's order."""
+    with torch.no_grad(), deprecations_silenced(tracing=True):
+        return torch.jit.trace(model, example.args())
+
+
+def quantize_int8(traced: torch.jit.ScriptModule, *, debug: bool = False, two_step: bool = False) -> torch.jit.ScriptModule:
+    """Graph-mode dynamic quantization of every Linear, per-channel int8 weights (the tutorial's recipe)."""
+    from torch.ao.quantization import convert_dynamic_jit, per_channel_dynamic_qconfig, prepare_dynamic_jit, quantize_dynamic_jit
+
+    qconfig_dict = {"": per_channel_dynamic_qconfig}
+    with deprecations_silenced():
+        if two_step:
+            prepared = prepare_dynamic_jit(traced, qconfig_dict)  # observers inserted: inspect prepared.graph here
+            return convert_dynamic_jit(prepared, debug=debug)
+        return quantize_dynamic_jit(traced, qconfig_dict, debug=debug)
+
+
+def quantize_eager_int8(model: torch.nn.Module, example: PaddedBatch) -> torch.jit.ScriptModule:
+    """Eager-mode dynamic quantization of nn.Linear (the tutorial's section 4 comparison), then traced."""
+    from torch.ao.quantization import quantize_dynamic
+
+    with deprecations_silenced():
+        quantized = quantize_dynamic(copy.deepcopy(model), {torch.nn.Linear}, dtype=torch.qint8)
+    return trace(quantized, example)
+
+
+def op_counts(module: torch.jit.ScriptModule) -> dict[str, int]:
+    """Node kinds of the module's inlined graph, most frequent first."""
+    return dict(Counter(node.kind() for node in module.inlined_graph.nodes()).most_common())
+
+
+def count_linears(model: torch.nn.Module) -> tuple[int, int]:
+    """(all nn.Linear layers, those inside the encoder)."""
+    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    return len(names), sum(1 for n in names if ".encoder." in f".{n}")
+
+
+def linear_execution_order(model: torch.nn.Module, example: PaddedBatch) -> list[str]:
+    """Names of the nn.Linear layers in the order a forward pass calls them (the order graph-mode packs them)."""
+    order: list[str] = []
+    hooks = [
+        m.register_forward_hook(lambda *_, name=name: order.append(name))
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear)
+    ]
+    try:
+        run(model, [example])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return order
+
+
+def run(module: torch.nn.Module, batches: Sequence[PaddedBatch]) -> list[torch.Tensor]:
+    """Logits of the real rows of each batch."""
+    with torch.no_grad():
+        return [module(*b.args())[0][: b.rows].clone() for b in batches]
+
+
+def compare(reference: Sequence[torch.Tensor], candidate: Sequence[torch.Tensor]) -> dict[str, Any]:
+    """Max |logit| and |P(paraphrase)| differences and argmax agreement between two runs."""
+    ref, cand = torch.cat(list(reference)), torch.cat(list(candidate))
+    if not torch.isfinite(cand).all():
+        return {"pairs": len(ref), "max_abs_logit_diff": float("inf"), "max_abs_score_diff": float("inf"), "argmax_agreement": 0.0}
+    ref_scores, cand_scores = torch.tensor(paraphrase_scores(ref)), torch.tensor(paraphrase_scores(cand))
+    return {
+        "pairs": len(ref),
+        "max_abs_logit_diff": float((ref - cand).abs().max()),
+        "max_abs_score_diff": float((ref_scores - cand_scores).abs().max()),
+        "argmax_agreement": float((ref.argmax(-1) == cand.argmax(-1)).float().mean()),
+    }
+
+
+# ---- checks -----------------------------------------------------------------------------------------------
+
+
+def check_tokenizer(ckpt: Checkpoint, encoder: PairEncoder, pairs: Sequence[tuple[str, str]]) -> None:
+    """The serving tokenizer (tokenizers on tokenizer.json) must give the checkpoint tokenizer's ids."""
+    expected = ckpt.tokenizer([a for a, _ in pairs], [b for _, b in pairs], truncation="longest_first", max_length=encoder.max_length)
+    for i, row in enumerate(encoder.encode(pairs)):
+        if list(row.input_ids) != expected["input_ids"][i] or list(row.token_type_ids) != expected["token_type_ids"][i]:
+            raise VerificationError(f"tokenizer check failed: the saved tokenizer.json encodes parity pair {i} differently from the checkpoint's tokenizer")
+
+
+def check_ops(variant: str, counts: dict[str, int], linears: tuple[int, int]) -> None:
+    """int8 graphs hold one quantized::linear_dynamic per Linear; debug graphs quantize every weight."""
+    total, encoder = linears
+    if variant in ("int8", "eager-int8"):
+        found = counts.get("quantized::linear_dynamic", 0)
+        if found < encoder or found != total or counts.get("aten::linear", 0):
+            raise VerificationError(
+                f"op check failed for {variant}: {found} quantized::linear_dynamic ops and "
+                f"{counts.get('aten::linear', 0)} float aten::linear for {total} Linear layers ({encoder} in the encoder)"
+            )
+    elif variant == "debug" and counts.get("aten::quantize_per_channel", 0) != total:
+        raise VerificationError(f"op check failed for debug: {counts.get('aten::quantize_per_channel', 0)} quantized weights for {total} Linear layers")
+
+
+def check_parity(variant: str, parity: dict[str, Any], tolerance: float) -> None:
+    """Fail when a variant's logits stray from the reference by more than its tolerance."""
+    if not parity["max_abs_logit_diff"] <= tolerance:
+        raise VerificationError(
+            f"parity check failed for {variant}: max |logit difference| {parity['max_abs_logit_diff']:.4g} "
+            f"exceeds {tolerance:g} on {parity['pairs']} pairs (argmax agreement {parity['argmax_agreement']:.1%})"
+        )
+
+
+def check_reload(path: Path, batches: Sequence[PaddedBatch], expected: Sequence[torch.Tensor]) -> None:
+    """The saved file, loaded back, must give the same logits as the module that was saved."""
+    with deprecations_silenced():
+        loaded = torch.jit.load(str(path), map_location="cpu")
+    got = run(loaded, batches)
+    if not all(torch.allclose(a, b, rtol=0, atol=1e-6) for a, b in zip(expected, got)):
+        raise VerificationError(f"reload check failed: {path} gives different logits after torch.jit.load")
+
+
+# ---- the command ------------------------------------------------------------------------------------------
+
+
+def build_variants(ckpt: Checkpoint, batches: Sequence[PaddedBatch], opts: BuildOptions, progress: Any) -> list[BuiltVariant]:
+    """Trace, quantize and verify every requested variant; nothing is written here."""
+    model = ckpt.model
+    reference = run(model, batches)
+    traced = trace(model, batches[0])
+    traced_logits = run(traced, batches)
+    trace_parity = compare(reference, traced_logits)
+    check_parity("fp32 trace vs eager", trace_parity, TRACE_TOLERANCE)
+    progress.update(1)
+    linears = count_linears(model)
+    per_channel = {
+        "api": "torch.ao.quantization.quantize_dynamic_jit",
+        "qconfig": "per_channel_dynamic_qconfig",
+        "weight": "int8, per-channel affine (PerChannelMinMaxObserver)",
+        "activation": "quint8, dynamic per-tensor scale at run time",
+        "engine": torch.backends.quantized.engine,
+    }
+    built: list[BuiltVariant] = []
+    for variant in opts.variants:
+        if variant == "fp32":
+            module, qconfig, parity = traced, None, dict(trace_parity, reference="eager fp32", tolerance=TRACE_TOLERANCE)
+        else:
+            if variant == "eager-int8":
+                module = quantize_eager_int8(model, batches[0])
+                qconfig = {"api": "torch.ao.quantization.quantize_dynamic", "modules": ["torch.nn.Linear"], "weight": "int8, per-tensor", "engine": torch.backends.quantized.engine}
+            else:
+                module = quantize_int8(traced, debug=variant == "debug", two_step=opts.two_step)
+                qconfig = dict(per_channel, debug=variant == "debug", two_step=opts.two_step)
+            parity = dict(compare(traced_logits, run(module, batches)), reference="traced fp32", tolerance=opts.tolerance)
+        counts = op_counts(module)
+        check_ops(variant, counts, linears)
+        check_parity(variant, parity, parity["tolerance"])
+        parity["linear_layers"], parity["encoder_linear_layers"] = linears
+        log.info("%s verified: %s", variant, {k: parity[k] for k in ("max_abs_logit_diff", "max_abs_score_diff", "argmax_agreement")})
+        built.append(BuiltVariant(variant, module, counts, parity, qconfig, run(module, batches)))
+        progress.update(1)
+    return built
+
+
+def build(model_dir: Path, out: Path, opts: BuildOptions | None = None) -> dict[str, dict[str, Any]]:
+    """The whole build: returns each variant's manifest; `out` holds one folder per variant, or nothing on failure."""
+    from tqdm.auto import tqdm
+
+    opts = opts or BuildOptions()
+    unknown = [v for v in opts.variants if v not in BUILD_VARIANTS]
+    if unknown:
+        raise BuildError(f"unknown variant {', '.join(unknown)}; choose from {', '.join(BUILD_VARIANTS)}")
+    if opts.batch_size < 1 or not 8 <= opts.seq_len <= 512:
+        raise BuildError(f"trace shape {opts.batch_size}x{opts.seq_len} is out of range (batch >= 1, 8 <= seq-len <= 512)")
+    if out.exists() and not opts.force:
+        raise BuildError(f"{out} exists; pass --force to replace it")
+    started = time.perf_counter()
+    ckpt = load_for_tracing(model_dir, attn_implementation=opts.attn_implementation)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # A sibling folder, so the final rename is atomic and nothing partial is ever at `out`.
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        tokenizer_dir = staging / "tokenizer"
+        ckpt.tokenizer.save_pretrained(str(tokenizer_dir))
+        encoder = PairEncoder(tokenizer_dir / artifact.TOKENIZER_FILE, opts.seq_len)
+        check_tokenizer(ckpt, encoder, PARITY_PAIRS)
+        rows = encoder.encode(PARITY_PAIRS)
+        batches = [pad_batch(rows[i : i + opts.batch_size], opts.batch_size, opts.seq_len) for i in range(0, len(rows), opts.batch_size)]
+        with tqdm(total=1 + 2 * len(opts.variants), desc="build", unit="step") as progress:
+            built = build_variants(ckpt, batches, opts, progress)
+            layers = linear_execution_order(ckpt.model, batches[0])
+            manifests = {}
+            for item in built:
+                manifests[item.variant] = _write_variant(item, staging / item.variant, tokenizer_dir, ckpt, opts, batches, layers, started)
+                progress.update(1)
+        shutil.rmtree(tokenizer_dir)
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+        return manifests
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_variant(
+    item: BuiltVariant,
+    folder: Path,
+    tokenizer_dir: Path,
+    ckpt: Checkpoint,
+    opts: BuildOptions,
+    batches: Sequence[PaddedBatch],
+    linear_layers: list[str],
+    started: float,
+) -> dict[str, Any]:
+    import transformers
+
+    shutil.copytree(tokenizer_dir, folder)
+    model_path = folder / artifact.MODEL_FILE
+    with deprecations_silenced():
+        torch.jit.save(item.module, str(model_path))
+    check_reload(model_path, batches, item.logits)
+    manifest = {
+        "format_version": artifact.FORMAT_VERSION,
+        "name": opts.name or ckpt.path.resolve().name,
+        "variant": item.variant,
+        "trace_shape": {"batch_size": opts.batch_size, "seq_len": opts.seq_len},
+        "verified_shapes": [[opts.batch_size, opts.seq_len]],
+        "input_names": list(TRACE_INPUTS),
+        "labels": list(LABELS),
+        "model_file": artifact.MODEL_FILE,
+        "model_sha256": artifact.sha256_file(model_path),
+        "model_bytes": model_path.stat().st_size,
+        "tokenizer": {
+            "file": artifact.TOKENIZER_FILE,
+            "sha256": artifact.sha256_file(folder / artifact.TOKENIZER_FILE),
+            "truncation": "longest_first",
+            "max_length": opts.seq_len,
+        },
+        "qconfig": item.qconfig,
+        "attn_implementation": opts.attn_implementation,
+        "linear_layers": linear_layers,
+        "op_counts": {k: v for k, v in item.op_counts.items() if "linear" in k or "quant" in k},
+        "parity": item.parity,
+        "source": {"checkpoint": str(ckpt.path.resolve()), "config_sha256": ckpt.config_sha256},
+        "torch_version": torch.__version__,
+        "transformers_version": transformers.__version__,
+        "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "build_seconds": round(time.perf_counter() - started, 2),
+    }
+    artifact.write_manifest(folder, manifest)
+    return manifest

@@ -1,0 +1,111 @@
+"""Load and validate a local Hugging Face BertForSequenceClassification checkpoint (never a hub download)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from model_build.errors import BuildError
+
+log = logging.getLogger(__name__)
+
+LABELS = ("not_paraphrase", "paraphrase")  # index 1 = paraphrase, as in GLUE MRPC
+TRACE_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the eager model, its fast tokenizer and what the manifest records of it."""
+
+    path: Path
+    model: Any  # transformers.BertForSequenceClassification
+    tokenizer: Any  # transformers fast tokenizer
+    config_sha256: str
+
+
+def read_config(model_dir: Path) -> dict[str, Any]:
+    """Read config.json of a checkpoint folder, raising BuildError for anything that is not a BERT."""
+    if not model_dir.is_dir():
+        raise BuildError(f"checkpoint folder {model_dir} does not exist")
+    config_path = model_dir / "config.json"
+    if not config_path.is_file():
+        raise BuildError(f"{model_dir} is not a Hugging Face checkpoint: it has no config.json")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BuildError(f"{config_path} is not readable JSON: {exc}") from exc
+    if config.get("model_type") != "bert":
+        raise BuildError(f"{model_dir} holds a {config.get('model_type')!r} model; paraserve builds BERT (model_type 'bert')")
+    return config
+
+
+def load_tokenizer(model_dir: Path) -> Any:
+    """Load the checkpoint's fast tokenizer from its own folder."""
+    from transformers import AutoTokenizer
+
+    try:
+        # from_pretrained(dir), not BertTokenizer(vocab_file=...), which silently ignores the file in transformers 5.
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    except Exception as exc:  # transformers raises many types for a broken folder
+        raise BuildError(f"cannot load a tokenizer from {model_dir}: {exc}") from exc
+    if not getattr(tokenizer, "is_fast", False):
+        raise BuildError(f"the tokenizer in {model_dir} is not a fast (tokenizers) tokenizer")
+    return tokenizer
+
+
+def load_for_tracing(model_dir: Path, *, attn_implementation: str = "eager") -> Checkpoint:
+    """Load a fine-tuned 2-label BertForSequenceClassification for tracing (tuple output, eval mode)."""
+    config = read_config(model_dir)
+    architectures = config.get("architectures") or []
+    if "BertForSequenceClassification" not in architectures:
+        raise BuildError(
+            f"{model_dir} is not a BERT sequence-classification checkpoint (architectures: {architectures}); "
+            "fine-tune it first with `python -m model_build finetune`"
+        )
+    num_labels = len(config.get("id2label") or {}) or config.get("num_labels", 2)
+    if num_labels != 2:
+        raise BuildError(f"{model_dir} has {num_labels} labels; a paraphrase classifier needs exactly 2")
+    tokenizer = load_tokenizer(model_dir)
+    model = _from_pretrained(model_dir, attn_implementation=attn_implementation)
+    return Checkpoint(model_dir, model, tokenizer, config_hash(model_dir))
+
+
+def load_base(model_dir: Path, *, attn_implementation: str = "eager") -> Checkpoint:
+    """Load any BERT checkpoint with a (new, if absent) 2-way classification head, for fine-tuning."""
+    read_config(model_dir)
+    tokenizer = load_tokenizer(model_dir)
+    model = _from_pretrained(model_dir, attn_implementation=attn_implementation, new_head_ok=True)
+    return Checkpoint(model_dir, model, tokenizer, config_hash(model_dir))
+
+
+def _from_pretrained(model_dir: Path, *, attn_implementation: str, new_head_ok: bool = False) -> Any:
+    from transformers import BertForSequenceClassification
+
+    try:
+        model, info = BertForSequenceClassification.from_pretrained(
+            str(model_dir),
+            num_labels=2,
+            id2label=dict(enumerate(LABELS)),
+            label2id={label: i for i, label in enumerate(LABELS)},
+            # transformers 5 has no torchscript=True; return_dict=False gives the tuple a trace needs.
+            return_dict=False,
+            attn_implementation=attn_implementation,
+            local_files_only=True,
+            output_loading_info=True,
+        )
+    except Exception as exc:  # a missing or corrupt weights file surfaces as several exception types
+        raise BuildError(f"cannot load BERT weights from {model_dir}: {exc}") from exc
+    missing = [k for k in info.get("missing_keys", []) if k.startswith("classifier.")]
+    if missing and not new_head_ok:
+        raise BuildError(f"{model_dir} has no trained classification head (missing {', '.join(sorted(missing))})")
+    model.eval()
+    return model
+
+
+def config_hash(model_dir: Path) -> str:
+    """sha256 of the checkpoint's config.json, recorded in the manifest to name the source exactly."""
+    return hashlib.sha256((model_dir / "config.json").read_bytes()).hexdigest()

