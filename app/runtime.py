@@ -45,7 +45,13 @@ class Runtime:
         with deprecations_silenced():
             module = torch.jit.load(str(artifact_dir / manifest["model_file"]), map_location="cpu")
         module.eval()
-        log.info("loaded %s (%s, %d bytes, sha256 %s)", manifest["name"], manifest["variant"], manifest["model_bytes"], manifest["model_sha256"][:12])
+        log.info(
+            "loaded %s (%s, %d bytes, sha256 %s)",
+            manifest["name"],
+            manifest["variant"],
+            manifest["model_bytes"],
+            manifest["model_sha256"][:12],
+        )
         return cls(artifact_dir, manifest, module)
 
     @property

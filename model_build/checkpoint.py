@@ -43,10 +43,13 @@ def read_config(model_dir: Path) -> dict[str, Any]:
     return config
 
 
-def load_tokenizer(model_dir: Path) -> Any:
-    """Load the checkpoint's fast tokenizer from its own folder."""
+def load_tokenizer(model_dir: Path, vocab_size: int | None = None) -> Any:
+    """Load the checkpoint's fast tokenizer from its own folder; its ids must fit the model's embedding table."""
     from transformers import AutoTokenizer
 
+    if not any((model_dir / name).is_file() for name in ("tokenizer.json", "vocab.txt")):
+        # transformers 5 would otherwise build an empty-vocabulary tokenizer without complaint.
+        raise BuildError(f"cannot load a tokenizer from {model_dir}: it has neither tokenizer.json nor vocab.txt")
     try:
         # from_pretrained(dir), not BertTokenizer(vocab_file=...), which silently ignores the file in transformers 5.
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
@@ -54,6 +57,8 @@ def load_tokenizer(model_dir: Path) -> Any:
         raise BuildError(f"cannot load a tokenizer from {model_dir}: {exc}") from exc
     if not getattr(tokenizer, "is_fast", False):
         raise BuildError(f"the tokenizer in {model_dir} is not a fast (tokenizers) tokenizer")
+    if vocab_size is not None and len(tokenizer) > vocab_size:
+        raise BuildError(f"the tokenizer in {model_dir} has {len(tokenizer)} tokens but the model's vocabulary holds {vocab_size}")
     return tokenizer
 
 
@@ -69,15 +74,15 @@ def load_for_tracing(model_dir: Path, *, attn_implementation: str = "eager") -> 
     num_labels = len(config.get("id2label") or {}) or config.get("num_labels", 2)
     if num_labels != 2:
         raise BuildError(f"{model_dir} has {num_labels} labels; a paraphrase classifier needs exactly 2")
-    tokenizer = load_tokenizer(model_dir)
+    tokenizer = load_tokenizer(model_dir, config.get("vocab_size"))
     model = _from_pretrained(model_dir, attn_implementation=attn_implementation)
     return Checkpoint(model_dir, model, tokenizer, config_hash(model_dir))
 
 
 def load_base(model_dir: Path, *, attn_implementation: str = "eager") -> Checkpoint:
     """Load any BERT checkpoint with a (new, if absent) 2-way classification head, for fine-tuning."""
-    read_config(model_dir)
-    tokenizer = load_tokenizer(model_dir)
+    config = read_config(model_dir)
+    tokenizer = load_tokenizer(model_dir, config.get("vocab_size"))
     model = _from_pretrained(model_dir, attn_implementation=attn_implementation, new_head_ok=True)
     return Checkpoint(model_dir, model, tokenizer, config_hash(model_dir))
 

@@ -97,7 +97,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"{'variant':10s} {'MB':>8s} {'max|dlogit|':>12s} {'max|dscore|':>12s} {'argmax agree':>12s}  path")
         for variant, m in manifests.items():
             p = m["parity"]
-            print(f"{variant:10s} {m['model_bytes'] / 1e6:8.1f} {p['max_abs_logit_diff']:12.2e} {p['max_abs_score_diff']:12.2e} {p['argmax_agreement']:12.1%}  {args.out / variant}")
+            figures = f"{p['max_abs_logit_diff']:12.2e} {p['max_abs_score_diff']:12.2e} {p['argmax_agreement']:12.1%}"
+            print(f"{variant:10s} {m['model_bytes'] / 1e6:8.1f} {figures}  {args.out / variant}")
     elif args.command == "inspect":
         from model_build.inspect_artifact import inspect, render
 

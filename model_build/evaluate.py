@@ -9,15 +9,16 @@ from typing import Any
 
 from model_build.metrics import f1_accuracy
 from model_build.mrpc import load_split
+from model_build.progress import progress
 
 # The tutorial's published figures (bert-base, MRPC dev, 8x128 batches, one thread) for side-by-side reading.
 TUTORIAL = {"fp32": {"f1": 0.901, "size_mb": 438}, "int8": {"f1": 0.902, "size_mb": 184}}
 
 
-def evaluate_artifacts(artifact_dirs: Sequence[Path], data_dir: Path, *, split: str = "dev", limit: int | None = None, threads: int = 1) -> list[dict[str, Any]]:
+def evaluate_artifacts(
+    artifact_dirs: Sequence[Path], data_dir: Path, *, split: str = "dev", limit: int | None = None, threads: int = 1
+) -> list[dict[str, Any]]:
     """Evaluate each artifact on one MRPC split; returns one result row per artifact."""
-    from tqdm.auto import tqdm
-
     from app.runtime import Runtime
 
     pairs = load_split(data_dir, split)[:limit]
@@ -31,32 +32,37 @@ def evaluate_artifacts(artifact_dirs: Sequence[Path], data_dir: Path, *, split: 
         scores: list[float] = []
         forward_seconds = 0.0
         batches = range(0, len(rows), runtime.batch_size)
-        for start in tqdm(batches, desc=f"evaluate {runtime.variant}", unit="batch"):
+        for start in progress(iterable=batches, desc=f"evaluate {runtime.variant}", unit="batch"):
             t0 = time.perf_counter()
             scores += runtime.forward(rows[start : start + runtime.batch_size]).scores
             forward_seconds += time.perf_counter() - t0
         figures = f1_accuracy(labels, [int(s >= 0.5) for s in scores])
-        results.append({
-            "artifact": str(artifact_dir),
-            "name": runtime.name,
-            "variant": runtime.variant,
-            "split": split,
-            "pairs": len(pairs),
-            "f1": figures["f1"],
-            "accuracy": figures["accuracy"],
-            "model_bytes": runtime.model_bytes,
-            "batches": len(batches),
-            "inference_seconds": forward_seconds,
-            "seconds_per_batch": forward_seconds / len(batches),
-            "threads": threads,
-            "trace_shape": runtime.manifest["trace_shape"],
-        })
+        results.append(
+            {
+                "artifact": str(artifact_dir),
+                "name": runtime.name,
+                "variant": runtime.variant,
+                "split": split,
+                "pairs": len(pairs),
+                "f1": figures["f1"],
+                "accuracy": figures["accuracy"],
+                "model_bytes": runtime.model_bytes,
+                "batches": len(batches),
+                "inference_seconds": forward_seconds,
+                "seconds_per_batch": forward_seconds / len(batches),
+                "threads": threads,
+                "trace_shape": runtime.manifest["trace_shape"],
+            }
+        )
     return results
 
 
 def render_table(results: Sequence[dict[str, Any]]) -> str:
     """The tutorial's comparison table, one row per artifact, with the tutorial's own figures beside."""
-    head = f"{'variant':11s} {'size MB':>8s} {'F1':>7s} {'acc':>7s} {'time s':>8s} {'s/batch':>8s}  {'tutorial F1':>11s} {'tutorial MB':>11s}  artifact"
+    head = (
+        f"{'variant':11s} {'size MB':>8s} {'F1':>7s} {'acc':>7s} {'time s':>8s} {'s/batch':>8s}"
+        f"  {'tutorial F1':>11s} {'tutorial MB':>11s}  artifact"
+    )
     lines = [head, "-" * len(head)]
     for r in results:
         ref = TUTORIAL.get(r["variant"], {})

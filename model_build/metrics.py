@@ -11,9 +11,9 @@ def f1_accuracy(labels: Sequence[int], predictions: Sequence[int]) -> dict[str, 
         raise ValueError(f"{len(labels)} labels but {len(predictions)} predictions")
     if not labels:
         raise ValueError("no examples")
-    tp = sum(1 for y, p in zip(labels, predictions) if y == 1 and p == 1)
-    fp = sum(1 for y, p in zip(labels, predictions) if y == 0 and p == 1)
-    fn = sum(1 for y, p in zip(labels, predictions) if y == 1 and p == 0)
-    correct = sum(1 for y, p in zip(labels, predictions) if y == p)
+    tp = sum(1 for y, p in zip(labels, predictions, strict=False) if y == 1 and p == 1)
+    fp = sum(1 for y, p in zip(labels, predictions, strict=False) if y == 0 and p == 1)
+    fn = sum(1 for y, p in zip(labels, predictions, strict=False) if y == 1 and p == 0)
+    correct = sum(1 for y, p in zip(labels, predictions, strict=False) if y == p)
     f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
     return {"f1": f1, "accuracy": correct / len(labels)}

@@ -1,0 +1,121 @@
+"""Thin HTTP routes over the PredictionService.
+
+No `from __future__ import annotations` here: FastAPI must see the per-deployment request type itself.
+"""
+
+import hmac
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from app.config import Settings
+from app.errors import NotReady, ShuttingDown, Unauthorized
+from app.schemas import ErrorResponse, ModelInfo, ModelRef, Prediction, PredictRequestBase, PredictResponse, Status, request_model
+from app.service import PredictionService
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in {
+        400: "Malformed JSON or body",
+        401: "Missing or wrong API key (when one is configured)",
+        413: "Body over the byte limit",
+        415: "Content type is not application/json",
+        422: "Body does not match the schema or its limits",
+        429: "Queue full: retry after the Retry-After seconds",
+        500: "Inference failed for the batch holding this request",
+        503: "Not ready, or shutting down",
+    }.items()
+}
+
+
+def get_service(request: Request) -> PredictionService:
+    """The running service, or 503 while it is starting or draining."""
+    service: PredictionService | None = getattr(request.app.state, "service", None)
+    if service is None:
+        raise NotReady("the model is not loaded yet")
+    if not service.is_ready:
+        if service.batcher.alive:
+            raise ShuttingDown("the service is shutting down")
+        raise NotReady("the model worker is not running")
+    return service
+
+
+ServiceDep = Annotated[PredictionService, Depends(get_service)]
+
+
+def build_router(settings: Settings) -> APIRouter:
+    """Routes for one deployment; the /predict body type carries this deployment's limits."""
+    PredictRequest = request_model(settings.max_pairs_per_request, settings.max_sentence_chars)
+    api_key = settings.api_key.get_secret_value().encode() if settings.api_key else None
+
+    def require_key(request: Request) -> None:
+        if api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key):
+            raise Unauthorized("missing or invalid API key: send Authorization: Bearer <key>", headers={"WWW-Authenticate": "Bearer"})
+
+    protected = [Depends(require_key)]
+    router = APIRouter()
+
+    @router.post("/predict", dependencies=protected, responses=ERRORS, summary="Are these sentence pairs paraphrases?")
+    async def predict(body: PredictRequest, request: Request, response: Response, service: ServiceDep) -> PredictResponse:  # type: ignore[valid-type]
+        assert isinstance(body, PredictRequestBase)
+        pairs = [(p.sentence1, p.sentence2) for p in body.pairs]  # type: ignore[attr-defined]
+        outcome = await service.predict(pairs, disconnected=lambda: _wait_for_disconnect(request))
+        _timing_headers(response, outcome.queue_seconds, outcome.inference_seconds)
+        runtime = service.runtime
+        predictions = [Prediction(label="paraphrase" if s >= 0.5 else "not_paraphrase", score=s) for s in outcome.scores]
+        for p in predictions:
+            service.metrics.predictions.labels(label=p.label).inc()
+        return PredictResponse(predictions=predictions, model=ModelRef(name=runtime.name, variant=runtime.variant, sha256=runtime.sha256))
+
+    @router.get("/healthz", summary="The process is alive")
+    async def healthz() -> Status:
+        return Status(status="ok")
+
+    @router.get("/readyz", summary="Model loaded and warmed up, worker alive", responses={503: {"model": Status}})
+    async def readyz(request: Request, response: Response) -> Status:
+        service: PredictionService | None = getattr(request.app.state, "service", None)
+        if service is not None and service.is_ready:
+            return Status(status="ready")
+        response.status_code = 503
+        return Status(status="not_ready", detail="starting, shutting down, or the model worker stopped")
+
+    @router.get("/model", dependencies=protected, responses=ERRORS, summary="The loaded artifact and effective settings")
+    async def model(service: ServiceDep) -> ModelInfo:
+        rt = service.runtime
+        return ModelInfo(
+            name=rt.name,
+            variant=rt.variant,
+            sha256=rt.sha256,
+            model_bytes=rt.model_bytes,
+            trace_shape=rt.manifest["trace_shape"],
+            manifest=rt.manifest,
+            settings=settings.model_dump(mode="json"),
+        )
+
+    metrics_deps = protected if settings.protect_metrics else []
+
+    @router.get("/metrics", dependencies=metrics_deps, summary="Prometheus metrics", response_class=Response)
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(request.app.state.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return router
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    # The body is already read, so the next ASGI message is http.disconnect (or nothing until we answer).
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def _timing_headers(response: Response, queue_s: float, inference_s: float) -> None:
+    # Milliseconds, as text-embeddings-inference names them, plus the standard Server-Timing.
+    response.headers["x-queue-time"] = f"{queue_s * 1000:.1f}"
+    response.headers["x-inference-time"] = f"{inference_s * 1000:.1f}"
+    response.headers["server-timing"] = f"queue;dur={queue_s * 1000:.1f}, inference;dur={inference_s * 1000:.1f}"

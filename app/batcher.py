@@ -1,0 +1,217 @@
+"""A bounded queue of pairs, one batch loop, and one model thread.
+
+Each request enqueues its rows at once (or is refused with Overloaded: never a wait for space). The loop takes
+the first row, waits until the batch is full or `max_wait` has passed since that row was queued, then runs the
+batch on a dedicated single-thread executor while the event loop keeps accepting requests. Cancelled rows (the
+client went away) leave the queue immediately; an exception in a forward fails exactly that batch's rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+from app.errors import InferenceFailed, Overloaded, ShuttingDown
+
+log = logging.getLogger(__name__)
+
+RowT = TypeVar("RowT")
+
+
+class ForwardResult(Protocol):
+    """What the forward function returns: one score per row given, plus padding figures."""
+
+    scores: list[float]
+
+
+@dataclass(frozen=True)
+class RowResult:
+    """One pair's answer and what it waited for."""
+
+    score: float
+    queue_seconds: float
+    inference_seconds: float
+    batch_id: int
+
+
+@dataclass(eq=False)
+class _Row(Generic[RowT]):
+    item: RowT
+    future: asyncio.Future[RowResult]
+    queued_at: float = field(default_factory=time.perf_counter)
+
+
+# (rows in the batch, the forward's result or None if it raised, forward seconds, each row's queue wait)
+BatchObserver = Callable[[int, Any, float, Sequence[float]], None]
+
+
+class Batcher(Generic[RowT]):
+    """Groups rows from concurrent requests into batches of at most `batch_size` for `forward`."""
+
+    def __init__(
+        self,
+        forward: Callable[[list[RowT]], ForwardResult],
+        *,
+        batch_size: int,
+        max_wait_s: float,
+        capacity: int,
+        on_batch: BatchObserver | None = None,
+        on_depth: Callable[[int], None] | None = None,
+    ) -> None:
+        self._forward = forward
+        self.batch_size = batch_size
+        self.max_wait_s = max_wait_s
+        self.capacity = capacity
+        self._on_batch = on_batch
+        self._on_depth = on_depth
+        self._queue: deque[_Row[RowT]] = deque()
+        self._wakeup = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._batches = 0
+        self.failure: BaseException | None = None
+
+    # ---- lifecycle ------------------------------------------------------------------------------------
+
+    def start(self, on_fatal: Callable[[BaseException], None] | None = None) -> None:
+        """Start the batch loop on the running event loop."""
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="batcher")
+
+        def _done(task: asyncio.Task[None]) -> None:
+            if task.cancelled() or task.exception() is None:
+                return
+            self.failure = task.exception()
+            log.critical("batch loop died: %r", self.failure)
+            self._fail_all(InferenceFailed("the model worker stopped"))
+            if on_fatal is not None:
+                on_fatal(self.failure)  # type: ignore[arg-type]
+
+        self._task.add_done_callback(_done)
+
+    @property
+    def alive(self) -> bool:
+        """True while the loop runs and has not failed."""
+        return self._task is not None and not self._task.done()
+
+    @property
+    def depth(self) -> int:
+        """Rows waiting (not counting the batch being run)."""
+        return len(self._queue)
+
+    async def drain(self, timeout: float) -> bool:
+        """Refuse new rows, answer every queued row, stop the loop; False if `timeout` ran out first."""
+        self._closing = True
+        self._wakeup.set()
+        done = True
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout)
+            except TimeoutError:
+                done = False
+                self._task.cancel()
+                self._fail_all(ShuttingDown("the service stopped before this request could run"))
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        return done
+
+    # ---- submission -----------------------------------------------------------------------------------
+
+    def submit(self, items: Sequence[RowT]) -> list[asyncio.Future[RowResult]]:
+        """Queue all of a request's rows, or none: Overloaded when they do not fit."""
+        if self._closing:
+            raise ShuttingDown("the service is shutting down")
+        if self.failure is not None or not self.alive:
+            raise InferenceFailed("the model worker is not running")
+        if len(self._queue) + len(items) > self.capacity:
+            raise Overloaded(
+                f"queue full ({len(self._queue)} of {self.capacity} pairs waiting); retry shortly",
+                headers={"Retry-After": "1"},
+            )
+        loop = asyncio.get_running_loop()
+        futures = []
+        for item in items:
+            row = _Row(item, loop.create_future())
+            row.future.add_done_callback(lambda f, row=row: self._forget_cancelled(f, row))
+            self._queue.append(row)
+            futures.append(row.future)
+        self._depth_changed()
+        self._wakeup.set()
+        return futures
+
+    def _forget_cancelled(self, future: asyncio.Future[RowResult], row: _Row[RowT]) -> None:
+        # A cancelled row (client gone) frees its slot now, not when the loop reaches it.
+        if future.cancelled():
+            try:
+                self._queue.remove(row)
+            except ValueError:
+                return  # already taken into a batch
+            self._depth_changed()
+
+    def _depth_changed(self) -> None:
+        if self._on_depth is not None:
+            self._on_depth(len(self._queue))
+
+    def _fail_all(self, error: Exception) -> None:
+        while self._queue:
+            row = self._queue.popleft()
+            if not row.future.done():
+                row.future.set_exception(error)
+        self._depth_changed()
+
+    # ---- the loop -------------------------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            deadline = self._queue[0].queued_at + self.max_wait_s
+            while len(self._queue) < self.batch_size and not self._closing:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    break
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), remaining)
+                except TimeoutError:
+                    break
+            batch = [self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))]
+            self._depth_changed()
+            if not batch:
+                continue
+            await self._run(loop, batch)
+
+    async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Row[RowT]]) -> None:
+        self._batches += 1
+        batch_id = self._batches
+        started = time.perf_counter()
+        waits = [started - row.queued_at for row in batch]
+        try:
+            result = await loop.run_in_executor(self._executor, self._forward, [row.item for row in batch])
+            if len(result.scores) != len(batch):
+                raise RuntimeError(f"forward returned {len(result.scores)} scores for {len(batch)} rows")
+        except Exception as exc:
+            log.exception("batch %d of %d rows failed", batch_id, len(batch))
+            error = InferenceFailed(f"inference failed for this batch: {type(exc).__name__}")
+            for row in batch:
+                if not row.future.done():
+                    row.future.set_exception(error)
+            if self._on_batch is not None:
+                self._on_batch(len(batch), None, time.perf_counter() - started, waits)
+            return
+        elapsed = time.perf_counter() - started
+        for row, score, wait in zip(batch, result.scores, waits, strict=False):
+            if not row.future.done():  # cancelled while running: nobody to answer
+                row.future.set_result(RowResult(score, wait, elapsed, batch_id))
+        if self._on_batch is not None:
+            self._on_batch(len(batch), result, elapsed, waits)

@@ -1,0 +1,46 @@
+"""Service settings: every knob an environment variable `PARASERVE_<NAME>`, with its trade-off described."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Read from the environment (prefix PARASERVE_) when built; nothing is read at import time."""
+
+    model_config = SettingsConfigDict(env_prefix="PARASERVE_", extra="ignore")
+
+    artifact_dir: Path = Field(
+        Path("model-cache/default/artifacts/int8"),
+        description="Artifact folder (model.pt, tokenizer, manifest.json) built by `python -m model_build build`.",
+    )
+    host: str = Field("127.0.0.1", description="Bind address; 0.0.0.0 only inside a container or behind a proxy.")
+    port: int = Field(8000, ge=1, le=65535)
+    max_batch_wait_ms: float = Field(
+        5.0,
+        ge=0,
+        le=1000,
+        description="How long the worker waits, from the first queued pair, for a batch to fill. Longer fills batches "
+        "at low load (the 8x128 forward costs the same full or not) but adds that much to idle latency.",
+    )
+    queue_capacity: int = Field(
+        256,
+        ge=1,
+        description="Pairs that may wait for the model. Beyond it requests get 429 at once; larger values absorb "
+        "bursts but let queueing latency grow to capacity / 8 batch times.",
+    )
+    max_pairs_per_request: int = Field(64, ge=1, le=4096, description="Pairs one request may carry (422 beyond).")
+    max_sentence_chars: int = Field(
+        2000, ge=1, description="Characters per sentence (422 beyond); the model reads at most 128 tokens per pair anyway."
+    )
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="Request body limit (413 before the body is parsed).")
+    torch_threads: int = Field(1, ge=1, description="Intra-op threads of the model worker; 1 is fastest on 2 cores.")
+    shutdown_grace_s: float = Field(30.0, ge=0, description="On SIGTERM, how long accepted requests may take to finish.")
+    api_key: SecretStr | None = Field(None, description="If set, /predict and /model require `Authorization: Bearer <key>`.")
+    protect_metrics: bool = Field(False, description="With api_key set, also require it on /metrics (health stays open).")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    json_logs: bool = Field(False, description="One JSON object per log line (for log shippers).")

@@ -1,0 +1,59 @@
+"""Every Prometheus metric of the service, on a registry passed in (tests use a fresh one). Base units."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0)
+INFERENCE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0)
+FAST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+RATIO_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+class Metrics:
+    """The service's metrics, named paraserve_*."""
+
+    def __init__(self, registry: CollectorRegistry, batch_size: int = 8) -> None:
+        self.registry = registry
+        self.requests = Counter(
+            "paraserve_http_requests",
+            "HTTP requests by route template, method and status code.",
+            ["route", "method", "status"],
+            registry=registry,
+        )
+        self.request_duration = Histogram(
+            "paraserve_http_request_duration_seconds",
+            "Time from request start to response end.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.errors = Counter("paraserve_errors", "Error responses by error_type.", ["error_type"], registry=registry)
+        self.predictions = Counter("paraserve_predictions", "Pairs answered, by predicted label.", ["label"], registry=registry)
+        self.tokenize_duration = Histogram(
+            "paraserve_tokenize_duration_seconds", "Tokenization time of one request's pairs.", buckets=FAST_BUCKETS, registry=registry
+        )
+        self.queue_wait = Histogram(
+            "paraserve_queue_wait_seconds",
+            "Time a pair waits from queueing to the start of its batch.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.inference_duration = Histogram(
+            "paraserve_inference_duration_seconds", "Forward time of one padded batch.", buckets=INFERENCE_BUCKETS, registry=registry
+        )
+        self.batch_rows = Histogram(
+            "paraserve_batch_rows", "Real pairs per batch (batch fill).", buckets=tuple(range(1, batch_size + 1)), registry=registry
+        )
+        self.batch_token_fill = Histogram(
+            "paraserve_batch_token_fill_ratio",
+            "Real tokens / padded tokens of each batch (1 - padding fraction).",
+            buckets=RATIO_BUCKETS,
+            registry=registry,
+        )
+        self.batches_failed = Counter("paraserve_batches_failed", "Batches whose forward raised.", registry=registry)
+        self.queue_depth = Gauge("paraserve_queue_depth_pairs", "Pairs waiting for the model.", registry=registry)
+        self.queue_capacity = Gauge("paraserve_queue_capacity_pairs", "Configured queue capacity in pairs.", registry=registry)
+        self.ready = Gauge("paraserve_ready", "1 when the model is warmed up and the worker is alive.", registry=registry)
+        self.model_size = Gauge("paraserve_model_size_bytes", "Size of the loaded model.pt.", ["variant"], registry=registry)
+        self.model_info = Info("paraserve_model", "The loaded artifact.", registry=registry)

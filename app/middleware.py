@@ -1,0 +1,126 @@
+"""Pure ASGI middleware: request guards (size, content type) and per-route metrics. No BaseHTTPMiddleware."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.errors import error_body
+from app.metrics import Metrics
+
+BODY_METHODS = {"POST", "PUT", "PATCH"}
+
+
+class _BodyTooLarge(HTTPException):
+    # An HTTPException, because FastAPI turns any other error raised while it reads the body into a 400.
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body exceeds the limit of {limit} bytes")
+
+
+async def send_error(send: Send, status: int, message: str, error_type: str) -> None:
+    """Answer directly from middleware in the one error shape."""
+    body = json.dumps(error_body(message, error_type)).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"x-error-type", error_type.encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class RequestGuard:
+    """413 for bodies over the limit (by Content-Length before reading, or while streaming) and 415 for non-JSON."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in BODY_METHODS:
+            await self.app(scope, receive, send)
+            return
+        headers = {k.lower(): v for k, v in scope["headers"]}
+        content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        if content_type != b"application/json" and not content_type.endswith(b"+json"):
+            shown = content_type.decode("latin-1") or "none"
+            await send_error(send, 415, f"content type must be application/json, not {shown}", "unsupported_media_type")
+            return
+        declared = headers.get(b"content-length")
+        limit = self.max_body_bytes
+        if declared is not None:
+            try:
+                size = int(declared)
+            except ValueError:
+                await send_error(send, 400, "Content-Length is not a number", "bad_request")
+                return
+            if size > limit:
+                await send_error(send, 413, f"request body of {size} bytes exceeds the limit of {limit}", "payload_too_large")
+                return
+        received = 0
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _BodyTooLarge(limit)
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except _BodyTooLarge as exc:
+            if not started:
+                await send_error(send, 413, str(exc.detail), "payload_too_large")
+
+
+class MetricsMiddleware:
+    """Counts requests by route template and status, times them, and counts error responses by error_type."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, known_paths: frozenset[str] = frozenset()) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.known_paths = known_paths  # for answers given before routing (413, 415), labelled by their path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+        error_type: str | None = None
+
+        async def observing_send(message: Message) -> None:
+            nonlocal status, error_type
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                for key, value in message.get("headers", []):
+                    if key.lower() == b"x-error-type":
+                        error_type = value.decode("latin-1")
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observing_send)
+        finally:
+            route: Any = scope.get("route")
+            template = getattr(route, "path", None) or (scope["path"] if scope["path"] in self.known_paths else "other")
+            self.metrics.requests.labels(route=template, method=scope["method"], status=str(status)).inc()
+            self.metrics.request_duration.labels(route=template).observe(time.perf_counter() - started)
+            if error_type is not None:
+                self.metrics.errors.labels(error_type=error_type).inc()

@@ -1,0 +1,90 @@
+"""Request, response and error bodies. Request limits come from the settings, so the schema states them."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model
+
+Label = Literal["not_paraphrase", "paraphrase"]
+
+EXAMPLE_PAIR = {
+    "sentence1": "He said the foodservice pie business doesn't fit the company's long-term growth strategy.",
+    "sentence2": "The foodservice pie business does not fit our long-term growth strategy.",
+}
+
+
+class SentencePairBase(BaseModel):
+    """Two sentences to compare; unknown fields are rejected so a typo ('sentence_1') is not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class PredictRequestBase(BaseModel):
+    """1..N sentence pairs, answered in order."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [{"pairs": [EXAMPLE_PAIR]}]})
+
+
+def request_model(max_pairs: int, max_chars: int) -> type[PredictRequestBase]:
+    """The /predict body with this deployment's limits, so OpenAPI documents (and validation enforces) them."""
+    sentence = Annotated[str, StringConstraints(min_length=1, max_length=max_chars, pattern=r"\S")]
+    pair = create_model(
+        "SentencePair",
+        __base__=SentencePairBase,
+        sentence1=(sentence, Field(description=f"First sentence: 1 to {max_chars} characters, not only whitespace.")),
+        sentence2=(sentence, Field(description="Second sentence, same limits.")),
+    )
+    return create_model(
+        "PredictRequest",
+        __base__=PredictRequestBase,
+        pairs=(list[pair], Field(min_length=1, max_length=max_pairs, description=f"1 to {max_pairs} pairs.")),  # type: ignore[valid-type]
+    )
+
+
+class Prediction(BaseModel):
+    """The answer for one pair."""
+
+    label: Label = Field(description="paraphrase when score >= 0.5")
+    score: float = Field(ge=0.0, le=1.0, description="P(paraphrase) from the model's softmax")
+
+
+class ModelRef(BaseModel):
+    """Which artifact answered."""
+
+    name: str
+    variant: str
+    sha256: str
+
+
+class PredictResponse(BaseModel):
+    """Predictions in request order."""
+
+    predictions: list[Prediction]
+    model: ModelRef
+
+
+class ErrorResponse(BaseModel):
+    """The one error shape of every non-2xx answer."""
+
+    error: str = Field(description="What went wrong, for a person")
+    error_type: str = Field(description="Stable machine-readable kind, e.g. validation, overloaded, payload_too_large")
+
+
+class Status(BaseModel):
+    """Health and readiness answers."""
+
+    status: Literal["ok", "ready", "not_ready"]
+    detail: str | None = None
+
+
+class ModelInfo(BaseModel):
+    """GET /model: the loaded artifact and the effective settings."""
+
+    name: str
+    variant: str
+    sha256: str
+    model_bytes: int
+    trace_shape: dict[str, int]
+    manifest: dict[str, Any]
+    settings: dict[str, Any]

@@ -1,0 +1,195 @@
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from model_build import artifact
+from model_build.build import BuildOptions, build_variants, count_linears, op_counts, quantize_int8, run, trace
+from model_build.checkpoint import load_for_tracing
+from model_build.cli import main
+from model_build.encoding import PairEncoder, pad_batch
+from model_build.parity_pairs import PARITY_PAIRS
+from model_build.quiet import deprecations_silenced
+
+TINY_LINEARS = 2 * 6 + 2  # 6 per encoder layer, plus pooler and classifier
+
+
+def _batches(ckpt, tmp_path: Path):
+    ckpt.tokenizer.save_pretrained(str(tmp_path / "tok"))
+    encoder = PairEncoder(tmp_path / "tok" / "tokenizer.json", 128)
+    rows = encoder.encode(PARITY_PAIRS)
+    return [pad_batch(rows[i : i + 8], 8, 128) for i in range(0, len(rows), 8)]
+
+
+def test_all_variants_are_written_with_a_manifest_that_matches(tiny_artifacts: Path):
+    assert sorted(p.name for p in tiny_artifacts.iterdir()) == ["debug", "eager-int8", "fp32", "int8"]
+    for folder in tiny_artifacts.iterdir():
+        manifest = json.loads((folder / "manifest.json").read_text())
+        model = folder / "model.pt"
+        assert manifest["model_sha256"] == artifact.sha256_file(model)
+        assert manifest["model_bytes"] == model.stat().st_size
+        assert manifest["variant"] == folder.name
+        assert manifest["trace_shape"] == {"batch_size": 8, "seq_len": 128}
+        assert manifest["input_names"] == ["input_ids", "attention_mask", "token_type_ids"]
+        assert manifest["labels"] == ["not_paraphrase", "paraphrase"]
+        assert manifest["torch_version"] == torch.__version__
+        assert len(manifest["source"]["config_sha256"]) == 64
+        assert (folder / "tokenizer.json").is_file()
+        assert manifest["parity"]["pairs"] == len(PARITY_PAIRS)
+
+
+def test_int8_graph_has_one_dynamic_quantized_linear_per_linear_layer(tiny_artifacts: Path, tiny_checkpoint: Path):
+    ckpt = load_for_tracing(tiny_checkpoint)
+    assert count_linears(ckpt.model) == (TINY_LINEARS, 12)
+    for variant in ("int8", "eager-int8"):
+        with deprecations_silenced():
+            module = torch.jit.load(str(tiny_artifacts / variant / "model.pt"))
+        counts = op_counts(module)
+        assert counts["quantized::linear_dynamic"] == TINY_LINEARS
+        assert "aten::linear" not in counts
+    with deprecations_silenced():
+        fp32 = torch.jit.load(str(tiny_artifacts / "fp32" / "model.pt"))
+    assert "quantized::linear_dynamic" not in op_counts(fp32)
+    manifest = json.loads((tiny_artifacts / "debug" / "manifest.json").read_text())
+    assert manifest["op_counts"]["aten::quantize_per_channel"] == TINY_LINEARS
+
+
+def test_saved_artifacts_reload_and_reproduce_the_eager_model(tiny_artifacts: Path, tiny_checkpoint: Path, tmp_path: Path):
+    ckpt = load_for_tracing(tiny_checkpoint)
+    batches = _batches(ckpt, tmp_path)
+    eager = torch.cat(run(ckpt.model, batches))
+    with deprecations_silenced():
+        fp32 = torch.cat(run(torch.jit.load(str(tiny_artifacts / "fp32" / "model.pt")), batches))
+        int8 = torch.cat(run(torch.jit.load(str(tiny_artifacts / "int8" / "model.pt")), batches))
+        debug = torch.cat(run(torch.jit.load(str(tiny_artifacts / "debug" / "model.pt")), batches))
+    torch.testing.assert_close(fp32, eager, rtol=0, atol=1e-4)
+    assert not torch.equal(int8, fp32)  # really quantized
+    torch.testing.assert_close(int8, fp32, rtol=0, atol=0.5)
+    torch.testing.assert_close(debug, int8, rtol=0, atol=1e-3)  # debug emulates the int8 numerics in float
+
+
+def test_module_gives_the_same_logits_after_save_and_load(tiny_checkpoint: Path, tmp_path: Path):
+    ckpt = load_for_tracing(tiny_checkpoint)
+    batches = _batches(ckpt, tmp_path)
+    module = quantize_int8(trace(ckpt.model, batches[0]))
+    before = run(module, batches)
+    with deprecations_silenced():
+        torch.jit.save(module, str(tmp_path / "m.pt"))
+        after = run(torch.jit.load(str(tmp_path / "m.pt")), batches)
+    for a, b in zip(before, after):
+        assert torch.equal(a, b)
+
+
+def test_two_step_prepare_convert_matches_quantize_dynamic_jit(tiny_checkpoint: Path, tmp_path: Path):
+    ckpt = load_for_tracing(tiny_checkpoint)
+    batches = _batches(ckpt, tmp_path)
+    traced = trace(ckpt.model, batches[0])
+    one, two = quantize_int8(traced), quantize_int8(traced, two_step=True)
+    assert op_counts(one)["quantized::linear_dynamic"] == op_counts(two)["quantized::linear_dynamic"] == TINY_LINEARS
+    for a, b in zip(run(one, batches), run(two, batches)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+class _Progress:
+    def update(self, n: int) -> None:
+        pass
+
+
+def test_a_failed_parity_check_names_the_variant(tiny_checkpoint: Path, tmp_path: Path):
+    from model_build.errors import VerificationError
+
+    ckpt = load_for_tracing(tiny_checkpoint)
+    with pytest.raises(VerificationError, match="parity check failed for int8"):
+        build_variants(ckpt, _batches(ckpt, tmp_path), BuildOptions(variants=("int8",), tolerance=0.0), _Progress())
+
+
+def _cli(*args: str) -> int:
+    return main(["--log-level", "ERROR", *args])
+
+
+def test_cli_build_and_inspect(tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    out = tmp_path / "a"
+    assert _cli("build", "--model-dir", str(tiny_checkpoint), "--out", str(out), "--variant", "int8") == 0
+    assert [p.name for p in out.iterdir()] == ["int8"]
+    capsys.readouterr()
+    assert _cli("inspect", str(out / "int8")) == 0
+    text = capsys.readouterr().out
+    assert f"{TINY_LINEARS:6d}  quantized::linear_dynamic" in text
+    assert "(verified)" in text
+    assert "bert.encoder.layer.1.output.dense" in text  # per-layer scales, named after the model's layers
+    assert _cli("inspect", "--json", str(out / "int8")) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert len(report["int8_weights"]) == TINY_LINEARS
+    assert all(w["qscheme"] == "per_channel_affine" and w["scale_max"] > 0 for w in report["int8_weights"])
+
+
+def _assert_error(capsys: pytest.CaptureFixture[str], code: int, pattern: str) -> None:
+    import re
+
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert re.search(pattern, err), err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("breakage", "pattern"),
+    [
+        ("missing", r"error: checkpoint folder .* does not exist"),
+        ("not_bert", r"error: .* holds a 'gpt2' model"),
+        ("three_labels", r"error: .* has 3 labels; a paraphrase classifier needs exactly 2"),
+        ("no_tokenizer", r"error: cannot load a tokenizer from"),
+        ("no_head", r"error: .* is not a BERT sequence-classification checkpoint"),
+    ],
+)
+def test_bad_checkpoints_exit_2_and_leave_nothing(breakage: str, pattern: str, tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    config = json.loads((ckpt / "config.json").read_text())
+    if breakage == "missing":
+        shutil.rmtree(ckpt)
+    elif breakage == "not_bert":
+        config["model_type"] = "gpt2"
+    elif breakage == "three_labels":
+        config["id2label"] = {"0": "a", "1": "b", "2": "c"}
+    elif breakage == "no_tokenizer":
+        for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"):
+            (ckpt / name).unlink()
+    elif breakage == "no_head":
+        config["architectures"] = ["BertModel"]
+    if ckpt.exists():
+        (ckpt / "config.json").write_text(json.dumps(config))
+    out_parent = tmp_path / "out"
+    out_parent.mkdir()
+    code = _cli("build", "--model-dir", str(ckpt), "--out", str(out_parent / "a"))
+    _assert_error(capsys, code, pattern)
+    assert list(out_parent.iterdir()) == []  # no artifact, no staging folder
+
+
+def test_existing_out_needs_force_and_failed_verification_writes_nothing(tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    out = tmp_path / "a"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    _assert_error(capsys, _cli("build", "--model-dir", str(tiny_checkpoint), "--out", str(out)), r"exists; pass --force")
+    code = _cli("build", "--model-dir", str(tiny_checkpoint), "--out", str(out), "--variant", "int8", "--tolerance", "0", "--force")
+    _assert_error(capsys, code, r"parity check failed for int8")
+    assert [p.name for p in tmp_path.iterdir()] == ["a"]
+    assert (out / "keep.txt").read_text() == "mine"  # a failed build does not touch the old --out
+
+
+def test_inspect_refuses_a_tampered_model(tiny_artifacts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    copy = tmp_path / "int8"
+    shutil.copytree(tiny_artifacts / "int8", copy)
+    data = bytearray((copy / "model.pt").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (copy / "model.pt").write_bytes(bytes(data))
+    _assert_error(capsys, _cli("inspect", str(copy)), r"has sha256 .* but the manifest says .*refusing a modified model")
+
+
+def test_init_tiny_refuses_to_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    (tmp_path / "t").mkdir()
+    _assert_error(capsys, _cli("init-tiny", "--out", str(tmp_path / "t")), r"exists; pass --force")

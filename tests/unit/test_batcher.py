@@ -1,0 +1,184 @@
+"""The batcher alone, with a fake forward: size, deadline, order, overload, cancellation, error fan-out, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass
+
+import pytest
+
+from app.batcher import Batcher
+from app.errors import InferenceFailed, Overloaded, ShuttingDown
+
+
+@dataclass
+class FakeResult:
+    scores: list[float]
+
+
+class FakeModel:
+    """Scores each row with its own value; records batch sizes; can be held or made to fail."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[float]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.fail_with: Exception | None = None
+
+    def forward(self, rows: list[float]) -> FakeResult:
+        assert self.gate.wait(5), "test forgot to open the gate"
+        self.batches.append(list(rows))
+        if self.fail_with is not None:
+            raise self.fail_with
+        return FakeResult([r / 100 for r in rows])
+
+
+def make(model: FakeModel, *, wait: float = 0.05, capacity: int = 64) -> Batcher[float]:
+    return Batcher(model.forward, batch_size=8, max_wait_s=wait, capacity=capacity)
+
+
+def test_rows_of_concurrent_requests_share_batches_of_at_most_eight():
+    async def scenario():
+        model = FakeModel()
+        batcher = make(model, wait=0.2)
+        batcher.start()
+        futures = [batcher.submit([float(i)]) for i in range(12)]
+        results = [(await asyncio.gather(*f))[0] for f in futures]
+        await batcher.drain(1)
+        return model, results
+
+    model, results = asyncio.run(scenario())
+    assert [len(b) for b in model.batches] == [8, 4]
+    assert [r.score for r in results] == [i / 100 for i in range(12)]
+    assert results[0].batch_id == 1 and results[11].batch_id == 2
+
+
+def test_a_lone_row_waits_at_most_max_wait():
+    async def scenario():
+        batcher = make(FakeModel(), wait=0.05)
+        batcher.start()
+        started = time.perf_counter()
+        (result,) = await asyncio.gather(*batcher.submit([1.0]))
+        elapsed = time.perf_counter() - started
+        await batcher.drain(1)
+        return result, elapsed
+
+    result, elapsed = asyncio.run(scenario())
+    assert result.queue_seconds >= 0.045
+    assert elapsed < 2.0  # generous: only "it did not wait for a full batch forever"
+
+
+def test_a_request_larger_than_a_batch_keeps_its_order():
+    async def scenario():
+        model = FakeModel()
+        batcher = make(model, wait=0.01)
+        batcher.start()
+        results = await asyncio.gather(*batcher.submit([float(i) for i in range(19)]))
+        await batcher.drain(1)
+        return model, results
+
+    model, results = asyncio.run(scenario())
+    assert [len(b) for b in model.batches] == [8, 8, 3]
+    assert [r.score for r in results] == [i / 100 for i in range(19)]
+
+
+def test_overload_is_refused_at_once_and_whole():
+    async def scenario():
+        model = FakeModel()
+        model.gate.clear()
+        batcher = make(model, wait=0.0, capacity=10)
+        batcher.start()
+        first = batcher.submit([1.0] * 8)  # taken into a batch, blocked in forward
+        await asyncio.sleep(0.05)
+        queued = batcher.submit([2.0] * 10)  # fills the queue exactly
+        with pytest.raises(Overloaded) as info:
+            batcher.submit([3.0])
+        depth = batcher.depth
+        model.gate.set()
+        await asyncio.gather(*first, *queued)
+        await batcher.drain(1)
+        return info.value, depth
+
+    error, depth = asyncio.run(scenario())
+    assert depth == 10
+    assert error.status_code == 429 and error.headers["Retry-After"] == "1"
+
+
+def test_cancelled_rows_free_their_slots_and_are_never_run():
+    async def scenario():
+        model = FakeModel()
+        model.gate.clear()
+        batcher = make(model, wait=0.0, capacity=16)
+        batcher.start()
+        running = batcher.submit([1.0] * 8)
+        await asyncio.sleep(0.05)
+        gone = batcher.submit([99.0] * 4)
+        assert batcher.depth == 4
+        for f in gone:
+            f.cancel()
+        await asyncio.sleep(0)  # done callbacks run on the next loop turn
+        depth_after_cancel = batcher.depth
+        model.gate.set()
+        await asyncio.gather(*running)
+        await batcher.drain(1)
+        return model, depth_after_cancel
+
+    model, depth = asyncio.run(scenario())
+    assert depth == 0
+    assert all(99.0 not in batch for batch in model.batches)
+
+
+def test_a_failing_forward_fails_its_batch_only_and_the_worker_goes_on():
+    async def scenario():
+        model = FakeModel()
+        model.fail_with = RuntimeError("boom")
+        batcher = make(model, wait=0.0)
+        batcher.start()
+        failed = await asyncio.gather(*batcher.submit([1.0, 2.0]), return_exceptions=True)
+        model.fail_with = None
+        ok = await asyncio.gather(*batcher.submit([3.0]))
+        alive = batcher.alive
+        await batcher.drain(1)
+        return failed, ok, alive
+
+    failed, ok, alive = asyncio.run(scenario())
+    assert all(isinstance(e, InferenceFailed) and e.status_code == 500 for e in failed)
+    assert ok[0].score == 0.03 and alive
+
+
+def test_drain_answers_everything_queued_then_refuses():
+    async def scenario():
+        model = FakeModel()
+        batcher = make(model, wait=10.0)  # would wait long for a full batch, but draining does not
+        batcher.start()
+        futures = batcher.submit([1.0, 2.0, 3.0])
+        drained = await batcher.drain(5)
+        with pytest.raises(ShuttingDown):
+            batcher.submit([4.0])
+        return drained, [f.result().score for f in futures]
+
+    drained, scores = asyncio.run(scenario())
+    assert drained and scores == [0.01, 0.02, 0.03]
+
+
+def test_a_dead_loop_is_reported_and_queued_rows_fail():
+    async def scenario():
+        model = FakeModel()
+        batcher = make(model, wait=0.0)
+        fatal: list[BaseException] = []
+
+        async def broken_loop() -> None:
+            raise ValueError("loop bug")
+
+        batcher._loop = broken_loop  # type: ignore[method-assign]
+        batcher.start(on_fatal=fatal.append)
+        await asyncio.sleep(0.01)
+        with pytest.raises(InferenceFailed):
+            batcher.submit([1.0])
+        return batcher, fatal
+
+    batcher, fatal = asyncio.run(scenario())
+    assert not batcher.alive
+    assert isinstance(fatal[0], ValueError) and isinstance(batcher.failure, ValueError)
