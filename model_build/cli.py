@@ -60,6 +60,10 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="dev", choices=["dev", "train"])
     evaluate.add_argument("--limit", type=int, default=None, help="only the first N pairs")
     evaluate.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ensure = sub.add_parser("ensure-default", help="print the default artifacts folder, fine-tuning and building it if needed")
+    ensure.add_argument("--cache", type=Path, default=Path("model-cache"), help="git-ignored folder for checkpoints and artifacts")
+    ensure.add_argument("--data-dir", type=Path, required=True, help="GLUE MRPC folder (used only when fine-tuning)")
+    ensure.add_argument("--model-dir", type=Path, default=None, help="serve this local BERT MRPC checkpoint instead of fine-tuning")
     return parser
 
 
@@ -127,6 +131,10 @@ def _run(args: argparse.Namespace) -> int:
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    elif args.command == "ensure-default":
+        from model_build.default_model import ensure_default_artifacts
+
+        print(ensure_default_artifacts(args.cache, args.data_dir, args.model_dir))
     return 0
 
 

@@ -11,11 +11,10 @@ from model_build.errors import BuildError
 HEADER = ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"]
 
 MRPC_HELP = (
-    "GLUE MRPC (the Microsoft Research Paraphrase Corpus) is expected as train.tsv and dev.tsv "
-    "in the GLUE layout. It is distributed with the GLUE benchmark (gluebenchmark.com, or the "
-    "'glue/mrpc' data set of the Hugging Face hub) under Microsoft's own licence, so paraserve "
-    "does not ship it: download it once and point at the folder with --data-dir (or the "
-    "PARASERVE_MRPC_DIR / MRPC_DIR setting)."
+    "GLUE MRPC (the Microsoft Research Paraphrase Corpus) is expected as train.tsv and dev.tsv in the GLUE "
+    "layout. It is distributed with the GLUE benchmark (gluebenchmark.com, or the 'glue' data set, 'mrpc' "
+    "configuration, on the Hugging Face hub) under Microsoft's own licence, so paraserve does not ship it: "
+    "download it once, then point at its folder with --data-dir (scripts/serve.sh: MRPC_DIR=/path/to/mrpc)."
 )
 
 

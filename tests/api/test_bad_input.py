@@ -76,7 +76,9 @@ def test_wrong_content_type_is_415(client: TestClient, content_type: str | None)
 
 
 def test_json_with_charset_is_accepted(client: TestClient):
-    r = client.post("/predict", content=json.dumps({"pairs": [OK_PAIR]}).encode(), headers={"content-type": "application/json; charset=utf-8"})
+    r = client.post(
+        "/predict", content=json.dumps({"pairs": [OK_PAIR]}).encode(), headers={"content-type": "application/json; charset=utf-8"}
+    )
     assert r.status_code == 200
 
 

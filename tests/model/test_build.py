@@ -80,7 +80,7 @@ def test_module_gives_the_same_logits_after_save_and_load(tiny_checkpoint: Path,
     with deprecations_silenced():
         torch.jit.save(module, str(tmp_path / "m.pt"))
         after = run(torch.jit.load(str(tmp_path / "m.pt")), batches)
-    for a, b in zip(before, after):
+    for a, b in zip(before, after, strict=False):
         assert torch.equal(a, b)
 
 
@@ -90,7 +90,7 @@ def test_two_step_prepare_convert_matches_quantize_dynamic_jit(tiny_checkpoint: 
     traced = trace(ckpt.model, batches[0])
     one, two = quantize_int8(traced), quantize_int8(traced, two_step=True)
     assert op_counts(one)["quantized::linear_dynamic"] == op_counts(two)["quantized::linear_dynamic"] == TINY_LINEARS
-    for a, b in zip(run(one, batches), run(two, batches)):
+    for a, b in zip(run(one, batches), run(two, batches), strict=False):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
 
@@ -146,7 +146,9 @@ def _assert_error(capsys: pytest.CaptureFixture[str], code: int, pattern: str) -
         ("no_head", r"error: .* is not a BERT sequence-classification checkpoint"),
     ],
 )
-def test_bad_checkpoints_exit_2_and_leave_nothing(breakage: str, pattern: str, tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+def test_bad_checkpoints_exit_2_and_leave_nothing(
+    breakage: str, pattern: str, tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
     ckpt = tmp_path / "ckpt"
     shutil.copytree(tiny_checkpoint, ckpt)
     config = json.loads((ckpt / "config.json").read_text())
@@ -170,7 +172,9 @@ def test_bad_checkpoints_exit_2_and_leave_nothing(breakage: str, pattern: str, t
     assert list(out_parent.iterdir()) == []  # no artifact, no staging folder
 
 
-def test_existing_out_needs_force_and_failed_verification_writes_nothing(tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+def test_existing_out_needs_force_and_failed_verification_writes_nothing(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
     out = tmp_path / "a"
     out.mkdir()
     (out / "keep.txt").write_text("mine")

@@ -1,0 +1,60 @@
+"""The README's run command's model: reuse cached artifacts, else fine-tune (or take MODEL_DIR) and build them."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+from model_build.artifact import ArtifactError, verify_artifact
+from model_build.build import BuildOptions, build
+from model_build.checkpoint import config_hash, read_config
+from model_build.errors import BuildError
+from model_build.finetune import finetune
+from model_build.mrpc import split_path
+
+log = logging.getLogger(__name__)
+
+DEFAULT_NAME = "minilm-l6-mrpc"
+SERVED_VARIANTS = ("fp32", "int8")
+
+
+def _cached(artifacts: Path, config_sha256: str | None) -> bool:
+    try:
+        manifests = [verify_artifact(artifacts / v) for v in SERVED_VARIANTS]
+    except ArtifactError as exc:
+        if artifacts.exists():
+            log.warning("cached artifacts are not usable (%s); rebuilding", exc)
+        return False
+    return config_sha256 is None or all(m["source"]["config_sha256"] == config_sha256 for m in manifests)
+
+
+def ensure_default_artifacts(cache: Path, data_dir: Path, model_dir: Path | None = None) -> Path:
+    """Return a folder holding verified fp32 and int8 (plus debug, eager-int8) artifacts, building them if needed.
+
+    With `model_dir` (any local BERT MRPC checkpoint) the fine-tuning is skipped; its artifacts are cached under a
+    key of its path, and rebuilt when its config.json changes.
+    """
+    if model_dir is not None:
+        read_config(model_dir)
+        key = hashlib.sha256(str(model_dir.resolve()).encode()).hexdigest()[:12]
+        root, checkpoint, name, expected = cache / f"{model_dir.resolve().name}-{key}", model_dir, None, config_hash(model_dir)
+    else:
+        root, name = cache / "default", DEFAULT_NAME
+        checkpoint = root / "checkpoint"
+        expected = config_hash(checkpoint) if (checkpoint / "config.json").is_file() else None
+    artifacts = root / "artifacts"
+    if expected is not None and _cached(artifacts, expected):
+        log.info("using cached artifacts in %s", artifacts)
+        return artifacts
+    if model_dir is None and not (checkpoint / "config.json").is_file():
+        for split in ("train", "dev"):
+            split_path(data_dir, split)  # fail now, with the explanation of MRPC, not after loading a model
+        log.info("no default checkpoint yet: fine-tuning all-MiniLM-L6-v2 on MRPC (about 10-20 minutes on 2 cores)")
+        report = finetune(data_dir, checkpoint, force=True)
+        log.info("fine-tuned: dev F1 %.4f, accuracy %.4f", report.best_dev_f1, report.best_dev_accuracy)
+    log.info("building artifacts from %s", checkpoint)
+    build(checkpoint, artifacts, BuildOptions(name=name, force=True))
+    if not _cached(artifacts, config_hash(checkpoint)):
+        raise BuildError(f"artifacts in {artifacts} did not verify after building")
+    return artifacts

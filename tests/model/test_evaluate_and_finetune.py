@@ -1,0 +1,148 @@
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from app.runtime import Runtime
+from model_build.cli import main
+from model_build.evaluate import evaluate_artifacts, render_table
+from model_build.metrics import f1_accuracy
+from model_build.mrpc import load_split
+from tests.conftest import MRPC_HEADER, write_mrpc
+
+
+def test_evaluate_scores_through_the_runtime_exactly(tiny_artifacts: Path, mrpc_dir: Path):
+    results = evaluate_artifacts([tiny_artifacts / "fp32", tiny_artifacts / "int8"], mrpc_dir)
+    pairs = load_split(mrpc_dir, "dev")
+    for row, variant in zip(results, ("fp32", "int8"), strict=True):
+        scores = Runtime.load(tiny_artifacts / variant).predict([(p.sentence1, p.sentence2) for p in pairs])
+        expected = f1_accuracy([p.label for p in pairs], [int(s >= 0.5) for s in scores])
+        assert row["variant"] == variant
+        assert row["f1"] == pytest.approx(expected["f1"]) and row["accuracy"] == pytest.approx(expected["accuracy"])
+        assert row["pairs"] == 20 and row["batches"] == 3
+        assert row["model_bytes"] == (tiny_artifacts / variant / "model.pt").stat().st_size
+    table = render_table(results)
+    assert "fp32" in table and "int8" in table and "0.901" in table  # the tutorial's figure beside ours
+
+
+def test_evaluate_cli_writes_json(tiny_artifacts: Path, mrpc_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    out = tmp_path / "eval.json"
+    code = main(
+        [
+            "--log-level",
+            "ERROR",
+            "evaluate",
+            "--artifact",
+            str(tiny_artifacts / "debug"),
+            "--artifact",
+            str(tiny_artifacts / "eager-int8"),
+            "--data-dir",
+            str(mrpc_dir),
+            "--json",
+            str(out),
+        ]
+    )
+    assert code == 0
+    rows = json.loads(out.read_text())
+    assert [r["variant"] for r in rows] == ["debug", "eager-int8"]
+    assert "eager-int8" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("case", "pattern"),
+    [
+        ("no_split", r"has no dev\.tsv"),
+        ("malformed", r"dev\.tsv:3: expected 5 tab-separated columns"),
+        ("tampered", r"refusing a modified model"),
+        ("not_artifact", r"is not a paraserve artifact"),
+    ],
+)
+def test_evaluate_bad_input_exits_2(case: str, pattern: str, tiny_artifacts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    import re
+
+    data = write_mrpc(tmp_path / "mrpc", rows=4)
+    artifact = tmp_path / "int8"
+    shutil.copytree(tiny_artifacts / "int8", artifact)
+    if case == "no_split":
+        (data / "dev.tsv").unlink()
+    elif case == "malformed":
+        (data / "dev.tsv").write_text(MRPC_HEADER + "1\t1\t2\ta\tb\n1\t1\t2\tbroken\n", encoding="utf-8")
+    elif case == "tampered":
+        (artifact / "model.pt").write_bytes((artifact / "model.pt").read_bytes()[:-10] + b"0123456789")
+    elif case == "not_artifact":
+        (artifact / "manifest.json").unlink()
+    code = main(["--log-level", "ERROR", "evaluate", "--artifact", str(artifact), "--data-dir", str(data)])
+    err = capsys.readouterr().err
+    assert code == 2 and re.search(pattern, err), err
+    assert "Traceback" not in err
+
+
+def test_finetune_one_step_writes_a_checkpoint_that_build_accepts(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    data = write_mrpc(tmp_path / "mrpc", rows=20)
+    ckpt = tmp_path / "ft"
+    code = main(
+        [
+            "--log-level",
+            "ERROR",
+            "finetune",
+            "--data-dir",
+            str(data),
+            "--out",
+            str(ckpt),
+            "--base-model",
+            str(tiny_checkpoint),
+            "--max-steps",
+            "1",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((ckpt / "training.json").read_text())
+    assert report["steps"] == 1 and report["train_examples"] == 20 and report["best_epoch"] == 1
+    assert 0.0 <= report["best_dev_f1"] <= 1.0
+    assert (ckpt / "vocab.txt").is_file() and (ckpt / "tokenizer.json").is_file()
+    assert not (tmp_path / "ft.partial").exists()
+    assert main(["--log-level", "ERROR", "build", "--model-dir", str(ckpt), "--out", str(tmp_path / "a"), "--variant", "int8"]) == 0
+    assert (tmp_path / "a" / "int8" / "manifest.json").is_file()
+
+
+def test_length_sorted_batches_cover_every_example_once():
+    import random
+
+    from model_build.finetune import length_sorted_batches
+
+    lengths = [random.Random(i).randint(5, 120) for i in range(50)]
+    batches = length_sorted_batches(lengths, 16, random.Random(0))
+    assert sorted(i for b in batches for i in b) == list(range(50))
+    assert [len(b) for b in sorted(batches, key=len)] == [2, 16, 16, 16]
+    spreads = [max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches if len(b) == 16]
+    assert max(spreads) < max(lengths) - min(lengths)  # batches group similar lengths
+
+
+def test_ensure_default_builds_once_then_reuses_and_rebuilds_a_tampered_cache(tiny_checkpoint: Path, tmp_path: Path):
+    from model_build.default_model import ensure_default_artifacts
+
+    cache = tmp_path / "cache"
+    first = ensure_default_artifacts(cache, tmp_path / "no-mrpc-needed", model_dir=tiny_checkpoint)
+    assert {p.name for p in first.iterdir()} >= {"fp32", "int8"}
+    stamp = (first / "int8" / "manifest.json").stat().st_mtime_ns
+    assert ensure_default_artifacts(cache, tmp_path, model_dir=tiny_checkpoint) == first
+    assert (first / "int8" / "manifest.json").stat().st_mtime_ns == stamp  # reused, not rebuilt
+    (first / "int8" / "model.pt").write_bytes(b"tampered")
+    assert ensure_default_artifacts(cache, tmp_path, model_dir=tiny_checkpoint) == first
+    assert (first / "int8" / "manifest.json").stat().st_mtime_ns != stamp
+
+
+def test_ensure_default_without_mrpc_explains_what_to_do(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    code = main(["ensure-default", "--cache", str(tmp_path / "cache"), "--data-dir", str(tmp_path / "missing")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "Microsoft Research Paraphrase Corpus" in err and "MRPC_DIR=" in err
