@@ -94,8 +94,9 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.set_verbosity_error()
     torch.manual_seed(0)
-    config = BertConfig(num_labels=2, return_dict=False)  # bert-base defaults: 12 layers, 768 hidden, 3072 intermediate
-    model = BertForSequenceClassification(config, attn_implementation="eager").eval()
+    # bert-base defaults: 12 layers, 768 hidden, 3072 intermediate; eager attention, as the build traces it.
+    config = BertConfig(num_labels=2, return_dict=False, attn_implementation="eager")
+    model = BertForSequenceClassification(config).eval()
     batch = example_batch(config.vocab_size)
     torch.set_num_threads(1)
     traced = trace(model, batch)

@@ -28,7 +28,9 @@ def _parser() -> argparse.ArgumentParser:
     build = sub.add_parser("build", help="trace, quantize, verify and write artifacts")
     build.add_argument("--model-dir", type=Path, required=True, help="a local Hugging Face BertForSequenceClassification folder")
     build.add_argument("--out", type=Path, required=True, help="folder to create; holds one sub-folder per variant")
-    build.add_argument("--variant", default="all", choices=["fp32", "int8", "debug", "eager-int8", "all"])
+    build.add_argument(
+        "--variant", action="append", choices=["fp32", "int8", "debug", "eager-int8", "all"], help="repeat for several (default: all)"
+    )
     build.add_argument("--batch-size", type=int, default=8)
     build.add_argument("--seq-len", type=int, default=128)
     build.add_argument("--tolerance", type=float, default=None, help="max |logit difference| int8 vs fp32 on the parity pairs")
@@ -90,7 +92,7 @@ def _run(args: argparse.Namespace) -> int:
         opts = BuildOptions(
             batch_size=args.batch_size,
             seq_len=args.seq_len,
-            variants=BUILD_VARIANTS if args.variant == "all" else (args.variant,),
+            variants=BUILD_VARIANTS if not args.variant or "all" in args.variant else tuple(dict.fromkeys(args.variant)),
             tolerance=DEFAULT_INT8_TOLERANCE if args.tolerance is None else args.tolerance,
             two_step=args.two_step,
             attn_implementation=args.attn,

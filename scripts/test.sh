@@ -7,4 +7,5 @@ scripts/setup.sh
 export TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+.venv/bin/hadolint Dockerfile
 .venv/bin/python -m pytest "$@"

@@ -1,0 +1,64 @@
+# paraserve: one image per model variant (VARIANT=int8|fp32), the verified artifact baked in.
+#   docker build --network host --build-arg VARIANT=int8 -t paraserve:int8 .
+# torch comes from wheels/ when it holds torch-2.13.0 (scripts/fetch-torch-wheel.sh puts the CPU wheel there),
+# otherwise from PyTorch's CPU wheel index. A plain `pip install torch` would bring a multi-GB CUDA build.
+ARG PYTHON_IMAGE=python:3.11-slim
+
+FROM ${PYTHON_IMAGE} AS builder
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PATH=/opt/venv/bin:$PATH
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+WORKDIR /src
+COPY wheels/ /wheels/
+# hadolint ignore=SC2015
+RUN python -m venv /opt/venv \
+ && { ls /wheels/torch-2.13.0*.whl >/dev/null 2>&1 \
+      && pip install /wheels/torch-2.13.0*.whl \
+      || pip install --index-url "$TORCH_INDEX_URL" torch==2.13.0; } \
+ && python -c "import torch; assert torch.__version__.startswith('2.13.0') and not torch.cuda.is_available()"
+COPY pyproject.toml README.md ./
+COPY app/ app/
+COPY model_build/ model_build/
+COPY loadtest/ loadtest/
+# torch==2.13.0 is already satisfied, so this adds only the pure-Python stack and tokenizers.
+RUN pip install . && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
+
+# ---- the load generator of the compose `loadtest` profile --------------------------------------------------
+FROM builder AS loadtest
+# The project itself, with the versions pinned in pyproject.toml's `load` extra.
+# hadolint ignore=DL3013
+RUN pip install ".[load]"
+WORKDIR /work
+ENTRYPOINT ["python", "-m", "loadtest.compare"]
+
+# ---- the service ---------------------------------------------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS runtime
+RUN useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin paraserve
+COPY --from=builder /opt/venv /opt/venv
+ARG VARIANT=int8
+# A folder of the build context holding <variant>/ artifact folders (default: the README's run command's cache).
+ARG ARTIFACTS=model-cache/default/artifacts
+COPY ${ARTIFACTS}/${VARIANT}/ /models/${VARIANT}/
+# One torch/OMP thread: fastest for one 8x128 batch on a 2-core host; raise PARASERVE_TORCH_THREADS with cores.
+# (DL3064 is a false positive: TOKENIZERS_PARALLELISM holds no secret.)
+# hadolint ignore=DL3064
+ENV PATH=/opt/venv/bin:$PATH \
+    PARASERVE_ARTIFACT_DIR=/models/${VARIANT} \
+    PARASERVE_HOST=0.0.0.0 \
+    PARASERVE_PORT=8000 \
+    PARASERVE_TORCH_THREADS=1 \
+    PARASERVE_JSON_LOGS=true \
+    OMP_NUM_THREADS=1 \
+    MKL_NUM_THREADS=1 \
+    TOKENIZERS_PARALLELISM=false \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/tmp
+LABEL org.opencontainers.image.title="paraserve" \
+      org.opencontainers.image.description="Paraphrase detection (BERT, GLUE MRPC) over HTTP" \
+      paraserve.variant="${VARIANT}"
+USER 10001
+EXPOSE 8000
+HEALTHCHECK --interval=5s --timeout=3s --start-period=60s --retries=3 \
+  CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2).status != 200)"]
+STOPSIGNAL SIGTERM
+CMD ["python", "-m", "app"]

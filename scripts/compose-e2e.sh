@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# End-to-end proof of docker-compose.yml: build both images, start the stack, and check answers, health,
+# Prometheus scraping and metric-format validity; always tears everything down. Bounded: a few minutes once the
+# base images exist. Uses the default model's artifacts when cached, else a tiny random model (fast).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+PROJECT=${E2E_PROJECT:-paraserve-e2e}
+export INT8_PORT=${INT8_PORT:-18001} FP32_PORT=${FP32_PORT:-18002} PROMETHEUS_PORT=${PROMETHEUS_PORT:-19090}
+failures=()
+say() { echo "[compose-e2e] $*"; }
+fail() { failures+=("$*"); say "FAIL: $*"; }
+
+if command -v docker-compose >/dev/null 2>&1; then compose=(docker-compose); else compose=(docker compose); fi
+dc() { "${compose[@]}" -p "$PROJECT" -f docker-compose.yml "$@"; }
+
+[[ -x ../shared/env/docker/start.sh ]] && bash ../shared/env/docker/start.sh
+scripts/setup.sh
+scripts/fetch-torch-wheel.sh >/dev/null
+
+if .venv/bin/python -c "
+import sys; from pathlib import Path; from model_build.artifact import verify_artifact
+[verify_artifact(Path('model-cache/default/artifacts') / v) for v in ('fp32', 'int8')]" 2>/dev/null; then
+    export ARTIFACTS=model-cache/default/artifacts
+    say "using the cached default model"
+else
+    export ARTIFACTS=model-cache/e2e-tiny/artifacts
+    if ! .venv/bin/python -c "from pathlib import Path; from model_build.artifact import verify_artifact; verify_artifact(Path('$ARTIFACTS/int8'))" 2>/dev/null; then
+        say "building a tiny model for the images"
+        .venv/bin/python -m model_build --log-level WARNING init-tiny --out model-cache/e2e-tiny/checkpoint --force >/dev/null
+        .venv/bin/python -m model_build --log-level WARNING build --model-dir model-cache/e2e-tiny/checkpoint --out "$ARTIFACTS" \
+            --variant fp32 --variant int8 --name tiny-e2e --force >/dev/null
+    fi
+fi
+
+cleanup() {
+    local code=$?
+    if ((${#failures[@]})) || ((code)); then
+        say "logs of the failed run:"
+        dc logs --no-color --tail 40 2>&1 | tail -120 || true
+    fi
+    dc down -v --remove-orphans >/dev/null 2>&1 || true
+    exit "$code"
+}
+trap cleanup EXIT
+
+say "building images (ARTIFACTS=$ARTIFACTS)"
+dc build int8 fp32
+dc up -d
+say "waiting for both services to be healthy"
+deadline=$((SECONDS + 180))
+for svc in int8 fp32; do
+    until [[ "$(docker inspect -f '{{.State.Health.Status}}' "$(dc ps -q "$svc")" 2>/dev/null)" == healthy ]]; do
+        ((SECONDS < deadline)) || { fail "$svc did not become healthy in 180 s"; exit 1; }
+        sleep 2
+    done
+done
+
+pair='{"pairs":[{"sentence1":"The cat sat on the mat.","sentence2":"A cat was sitting on the mat."}]}'
+for target in "int8:$INT8_PORT" "fp32:$FP32_PORT"; do
+    variant=${target%%:*} port=${target##*:}
+    body=$(curl -sS --max-time 30 -XPOST "http://127.0.0.1:$port/predict" -H 'content-type: application/json' -d "$pair") \
+        || { fail "$variant: /predict did not answer"; continue; }
+    echo "$body" | python3 -c "
+import json, sys
+d = json.load(sys.stdin)
+p = d['predictions']
+assert len(p) == 1 and p[0]['label'] in ('paraphrase', 'not_paraphrase') and 0 <= p[0]['score'] <= 1, d
+assert d['model']['variant'] == '$variant', d" || fail "$variant: unexpected /predict answer: $body"
+    say "$variant answered: $body"
+    curl -sS --max-time 10 "http://127.0.0.1:$port/metrics" \
+        | docker run --rm -i --entrypoint /bin/promtool prom/prometheus:v2.42.0 check metrics \
+        || fail "$variant: promtool check metrics found problems"
+done
+
+say "waiting for Prometheus to scrape both targets"
+prom="http://127.0.0.1:$PROMETHEUS_PORT"
+deadline=$((SECONDS + 90))
+until curl -sS --max-time 5 "$prom/api/v1/targets" 2>/dev/null | python3 -c "
+import json, sys
+targets = [t for t in json.load(sys.stdin)['data']['activeTargets'] if t['labels']['job'] == 'paraserve']
+up = sorted(t['labels']['deployment'] for t in targets if t['health'] == 'up')
+sys.exit(up != ['fp32', 'int8'])"; do
+    ((SECONDS < deadline)) || { fail "Prometheus did not see both paraserve targets up in 90 s"; break; }
+    sleep 3
+done
+query='sum by (deployment) (paraserve_http_request_duration_seconds_count{route="/predict"})'
+deadline=$((SECONDS + 60))
+until curl -sS --max-time 5 -G "$prom/api/v1/query" --data-urlencode "query=$query" | python3 -c "
+import json, sys
+result = json.load(sys.stdin)['data']['result']
+seen = sorted(r['metric']['deployment'] for r in result if float(r['value'][1]) >= 1)
+print('latency histogram samples:', {r['metric']['deployment']: r['value'][1] for r in result})
+sys.exit(seen != ['fp32', 'int8'])"; do
+    ((SECONDS < deadline)) || { fail "no latency histogram samples for both deployments in Prometheus"; break; }
+    sleep 3
+done
+
+docker images --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep '^paraserve:' || true
+if ((${#failures[@]})); then
+    say "${#failures[@]} check(s) failed:"; printf '  - %s\n' "${failures[@]}"
+    exit 1
+fi
+say "all checks passed"
