@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from typing import Any
 
@@ -29,6 +30,9 @@ class DrainingServer(uvicorn.Server):
         if service is not None:
             service.begin_shutdown()
         super().handle_exit(sig, frame)
+        # uvicorn re-raises captured signals after shutting down, which would end the process "killed by SIGTERM";
+        # a completed graceful drain is a clean exit (0), so SIGTERM is not re-raised.
+        self._captured_signals = [s for s in self._captured_signals if s != signal.SIGTERM]
 
 
 def main() -> int:

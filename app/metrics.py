@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0)
 INFERENCE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0)
@@ -57,3 +57,5 @@ class Metrics:
         self.ready = Gauge("paraserve_ready", "1 when the model is warmed up and the worker is alive.", registry=registry)
         self.model_size = Gauge("paraserve_model_size_bytes", "Size of the loaded model.pt.", ["variant"], registry=registry)
         self.model_info = Info("paraserve_model", "The loaded artifact.", registry=registry)
+        # process_resident_memory_bytes, CPU seconds, open fds: the load and reliability reports read them.
+        ProcessCollector(registry=registry)

@@ -23,10 +23,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model_build.build import op_counts, quantize_eager_int8, quantize_int8, trace  # noqa: E402
-from model_build.encoding import PaddedBatch  # noqa: E402
-from model_build.progress import progress  # noqa: E402
-from model_build.quiet import deprecations_silenced  # noqa: E402
+from model_build.build import op_counts, quantize_eager_int8, quantize_int8, trace
+from model_build.encoding import PaddedBatch
+from model_build.progress import progress
+from model_build.quiet import deprecations_silenced
 
 TUTORIAL = {"size_mb": {"fp32": 438, "int8": 184}, "seconds_1_thread": {"fp32": 4.49, "int8": 2.69, "eager-int8": 2.67}}
 
@@ -128,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         "runs": args.runs,
     }
     print(f"\nbert-base geometry, one 8x128 batch, median of {args.runs} runs (torch {torch.__version__}, {result['cpu']['model']})")
-    print(f"{'':12s} {'size MB':>8s} {'tutorial':>9s}" + "".join(f" {f'{t} thr s':>9s}" for t in args.threads) + f" {'tutorial 1 thr':>15s}")
+    print(
+        f"{'':12s} {'size MB':>8s} {'tutorial':>9s}" + "".join(f" {f'{t} thr s':>9s}" for t in args.threads) + f" {'tutorial 1 thr':>15s}"
+    )
     for name in modules:
         tut_size = TUTORIAL["size_mb"].get(name)
         tut_time = TUTORIAL["seconds_1_thread"].get(name)
