@@ -57,8 +57,8 @@ def main() -> int:
     )
     server = DrainingServer(config, app)
     server.run()
-    if app.state.fatal is not None:
-        return 1
+    if app.state.fatal is not None or app.state.drained is False:
+        return 1  # the worker died, or accepted work was still queued when the grace period ended
     return 0 if server.started else 3
 
 

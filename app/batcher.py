@@ -85,13 +85,19 @@ class Batcher(Generic[RowT]):
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="batcher")
 
         def _done(task: asyncio.Task[None]) -> None:
-            if task.cancelled() or task.exception() is None:
+            if task.cancelled():
+                if self._closing:
+                    return  # drain gave up on purpose
+                failure: BaseException = RuntimeError("the batch loop was cancelled")
+            elif task.exception() is None:
                 return
-            self.failure = task.exception()
-            log.critical("batch loop died: %r", self.failure)
+            else:
+                failure = task.exception()  # type: ignore[assignment]
+            self.failure = failure
+            log.critical("batch loop died: %r", failure)
             self._fail_all(InferenceFailed("the model worker stopped"))
             if on_fatal is not None:
-                on_fatal(self.failure)  # type: ignore[arg-type]
+                on_fatal(failure)
 
         self._task.add_done_callback(_done)
 
@@ -110,7 +116,7 @@ class Batcher(Generic[RowT]):
         self._closing = True
         self._wakeup.set()
         done = True
-        if self._task is not None:
+        if self._task is not None and not self._task.done():
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), timeout)
             except TimeoutError:
@@ -189,7 +195,14 @@ class Batcher(Generic[RowT]):
             self._depth_changed()
             if not batch:
                 continue
-            await self._run(loop, batch)
+            try:
+                await self._run(loop, batch)
+            except BaseException:
+                # The loop itself is failing (a bug, or cancellation): rows already taken must not hang.
+                for row in batch:
+                    if not row.future.done():
+                        row.future.set_exception(InferenceFailed("the model worker stopped"))
+                raise
 
     async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Row[RowT]]) -> None:
         self._batches += 1

@@ -45,7 +45,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         try:
             yield
         finally:
-            await service.stop()
+            app.state.drained = await service.stop()
             log.info("stopped")
 
     app = FastAPI(title="paraserve", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
@@ -53,11 +53,15 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.state.registry = registry
     app.state.metrics = Metrics(registry)
     app.state.fatal = None
+    app.state.drained = None
+    # How a dead worker stops the server; tests replace it.
+    app.state.stop_server = lambda: os.kill(os.getpid(), signal.SIGTERM)
     router = build_router(settings)
     app.include_router(router)
     install_error_handlers(app)
-    app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes)
     known = frozenset(getattr(r, "path", "") for r in router.routes)
+    json_routes = frozenset((m, r.path) for r in router.routes for m in getattr(r, "methods", ()) if m in ("POST", "PUT", "PATCH"))
+    app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes, json_routes=json_routes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics, known_paths=known)
     return app
 
@@ -68,4 +72,4 @@ def _fatal(app: FastAPI, exc: BaseException) -> None:
     app.state.fatal = exc
     app.state.metrics.ready.set(0)
     log.critical("model worker died (%r); stopping the server", exc)
-    os.kill(os.getpid(), signal.SIGTERM)
+    app.state.stop_server()

@@ -41,9 +41,10 @@ async def send_error(send: Send, status: int, message: str, error_type: str) -> 
 class RequestGuard:
     """413 for bodies over the limit (by Content-Length before reading, or while streaming) and 415 for non-JSON."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, json_routes: frozenset[tuple[str, str]] = frozenset()) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.json_routes = json_routes  # (method, path) pairs whose body must be JSON; others get their 404/405
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in BODY_METHODS:
@@ -51,7 +52,8 @@ class RequestGuard:
             return
         headers = {k.lower(): v for k, v in scope["headers"]}
         content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
-        if content_type != b"application/json" and not content_type.endswith(b"+json"):
+        is_json = content_type == b"application/json" or content_type.endswith(b"+json")
+        if (scope["method"], scope["path"]) in self.json_routes and not is_json:
             shown = content_type.decode("latin-1") or "none"
             await send_error(send, 415, f"content type must be application/json, not {shown}", "unsupported_media_type")
             return

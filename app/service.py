@@ -77,13 +77,14 @@ class PredictionService:
         self.ready = False
         self.metrics.ready.set(0)
 
-    async def stop(self) -> None:
-        """Answer everything already accepted, then stop the worker."""
+    async def stop(self) -> bool:
+        """Answer everything already accepted, then stop the worker; False if the grace period ran out first."""
         self.begin_shutdown()
         drained = await self.batcher.drain(self.settings.shutdown_grace_s)
         if not drained:
             log.error("shutdown grace of %.0f s ran out with work queued", self.settings.shutdown_grace_s)
         self._tokenizer_pool.shutdown(wait=False, cancel_futures=True)
+        return drained
 
     @property
     def is_ready(self) -> bool:
@@ -116,12 +117,12 @@ class PredictionService:
         try:
             await asyncio.wait({gathered, watcher}, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
-            gathered.cancel()
+            _abandon(gathered)
             raise
         finally:
             watcher.cancel()
         if not gathered.done():
-            gathered.cancel()  # cancels each row's future, which frees its queue slot
+            _abandon(gathered)
             raise ClientClosed("client closed the connection before the answer was ready")
         return gathered.result()
 
@@ -135,3 +136,10 @@ class PredictionService:
         m.inference_duration.observe(seconds)
         m.batch_rows.observe(rows)
         m.batch_token_fill.observe(result.padded.real_tokens / result.padded.padded_tokens)
+
+
+def _abandon(gathered: asyncio.Future[Any]) -> None:
+    """Cancel a request's row futures (freeing their queue slots) and mark the outcome as seen, so asyncio
+    does not log "exception was never retrieved" for a client that simply left."""
+    gathered.cancel()
+    gathered.add_done_callback(lambda f: f.cancelled() or f.exception())

@@ -56,6 +56,14 @@ for svc in int8 fp32; do
     done
 done
 
+for svc in int8 fp32; do
+    id=$(dc ps -q "$svc")
+    uid=$(docker exec "$id" id -u)
+    [[ "$uid" != 0 ]] || fail "$svc runs as root"
+    [[ "$(docker inspect -f '{{.HostConfig.ReadonlyRootfs}}' "$id")" == true ]] || fail "$svc root filesystem is writable"
+    say "$svc runs as uid $uid on a read-only root filesystem"
+done
+
 pair='{"pairs":[{"sentence1":"The cat sat on the mat.","sentence2":"A cat was sitting on the mat."}]}'
 for target in "int8:$INT8_PORT" "fp32:$FP32_PORT"; do
     variant=${target%%:*} port=${target##*:}

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from loadtest.report import history, markdown_table, summarize, write_report
+from tests.servers import running_server
 
 FIXTURES = Path(__file__).with_name("fixtures")
 
@@ -65,40 +60,11 @@ def test_report_writes_markdown_json_and_charts(tmp_path: Path):
     assert (tmp_path / "summary.json").is_file()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def two_servers(tiny_artifacts: Path):
     """int8 and fp32 tiny servers as real processes on 127.0.0.1."""
-    processes, urls = [], {}
-    for variant in ("int8", "fp32"):
-        port = _free_port()
-        env = dict(
-            os.environ, PARASERVE_ARTIFACT_DIR=str(tiny_artifacts / variant), PARASERVE_PORT=str(port), PARASERVE_LOG_LEVEL="warning"
-        )
-        processes.append(subprocess.Popen([sys.executable, "-m", "app"], env=env))
-        urls[variant] = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        for url in urls.values():
-            while True:
-                try:
-                    if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert time.monotonic() < deadline, "servers did not start"
-                time.sleep(0.2)
-        yield urls
-    finally:
-        for p in processes:
-            p.terminate()
-        for p in processes:
-            assert p.wait(30) == 0  # a clean drain and exit
+    with running_server(tiny_artifacts / "int8") as int8, running_server(tiny_artifacts / "fp32") as fp32:
+        yield {"int8": int8, "fp32": fp32}
 
 
 @pytest.mark.slow
