@@ -11,7 +11,7 @@ import uvicorn
 
 from app.config import Settings
 from app.logs import configure_logging
-from app.main import create_app
+from app.main import create_app, runtime_options
 from app.runtime import Runtime
 from model_build.errors import BuildError
 
@@ -41,7 +41,7 @@ def main() -> int:
     configure_logging(settings.log_level, settings.json_logs)
     try:
         # Loaded here, before uvicorn starts, so a bad or tampered artifact is one clear line and exit 2.
-        runtime = Runtime.load(settings.artifact_dir, threads=settings.torch_threads)
+        runtime = Runtime.load(settings.artifact_dir, **runtime_options(settings))
     except BuildError as exc:
         log.critical("cannot start: %s", exc)
         return 2

@@ -63,6 +63,7 @@ class Batcher(Generic[RowT]):
         capacity: int,
         on_batch: BatchObserver | None = None,
         on_depth: Callable[[int], None] | None = None,
+        group_key: Callable[[RowT], int] | None = None,
     ) -> None:
         self._forward = forward
         self.batch_size = batch_size
@@ -70,6 +71,7 @@ class Batcher(Generic[RowT]):
         self.capacity = capacity
         self._on_batch = on_batch
         self._on_depth = on_depth
+        self._group_key = group_key
         self._queue: deque[_Row[RowT]] = deque()
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
@@ -191,7 +193,7 @@ class Batcher(Generic[RowT]):
                     await asyncio.wait_for(self._wakeup.wait(), remaining)
                 except TimeoutError:
                     break
-            batch = [self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))]
+            batch = self._take_batch()
             self._depth_changed()
             if not batch:
                 continue
@@ -203,6 +205,24 @@ class Batcher(Generic[RowT]):
                     if not row.future.done():
                         row.future.set_exception(InferenceFailed("the model worker stopped"))
                 raise
+
+    def _take_batch(self) -> list[_Row[RowT]]:
+        """FIFO; with a group key, the oldest row plus the next rows whose key is no larger than its own.
+
+        Rows left behind keep their order and are at most `depth` batches from the head, so none starves.
+        """
+        if self._group_key is None or len(self._queue) <= 1:
+            return [self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))]
+        head = self._queue.popleft()
+        limit = self._group_key(head.item)
+        batch, rest = [head], deque()
+        for row in self._queue:
+            if len(batch) < self.batch_size and self._group_key(row.item) <= limit:
+                batch.append(row)
+            else:
+                rest.append(row)
+        self._queue = rest
+        return batch
 
     async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Row[RowT]]) -> None:
         self._batches += 1

@@ -39,6 +39,15 @@ class Settings(BaseSettings):
     )
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Request body limit (413 before the body is parsed).")
     torch_threads: int = Field(1, ge=1, description="Intra-op threads of the model worker; 1 is fastest on 2 cores.")
+    padding: Literal["fixed", "buckets"] = Field(
+        "fixed",
+        description="fixed: every batch is padded to the trace shape (8x128, the tutorial's way). buckets: rows to the "
+        "real count and columns to the smallest verified bucket (32/64/96/128), with batches grouped by length; "
+        "much less padding for the same predictions up to int8 rounding.",
+    )
+    quantized_engine: Literal["x86", "onednn", "fbgemm", "qnnpack"] | None = Field(
+        None, description="torch.backends.quantized.engine for int8 models (None: torch's default, x86)."
+    )
     shutdown_grace_s: float = Field(30.0, ge=0, description="On SIGTERM, how long accepted requests may take to finish.")
     api_key: SecretStr | None = Field(None, description="If set, /predict and /model require `Authorization: Bearer <key>`.")
     protect_metrics: bool = Field(False, description="With api_key set, also require it on /metrics (health stays open).")

@@ -8,6 +8,7 @@ import os
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
@@ -37,7 +38,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loaded = runtime or await asyncio.to_thread(Runtime.load, settings.artifact_dir, threads=settings.torch_threads)
+        loaded = runtime or await asyncio.to_thread(Runtime.load, settings.artifact_dir, **runtime_options(settings))
         service = PredictionService(loaded, settings, app.state.metrics)
         await service.start(on_fatal=lambda exc: _fatal(app, exc))
         app.state.service = service
@@ -64,6 +65,11 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes, json_routes=json_routes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics, known_paths=known)
     return app
+
+
+def runtime_options(settings: Settings) -> dict[str, Any]:
+    """The Runtime.load arguments that come from the settings."""
+    return {"threads": settings.torch_threads, "padding": settings.padding, "quantized_engine": settings.quantized_engine}
 
 
 def _fatal(app: FastAPI, exc: BaseException) -> None:

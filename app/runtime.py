@@ -6,7 +6,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -15,6 +15,8 @@ from model_build.encoding import EncodedPair, PaddedBatch, PairEncoder, pad_batc
 from model_build.quiet import deprecations_silenced
 
 log = logging.getLogger(__name__)
+
+Padding = Literal["fixed", "buckets"]
 
 
 @dataclass(frozen=True)
@@ -28,23 +30,35 @@ class BatchResult:
 class Runtime:
     """A TorchScript paraphrase classifier at a fixed trace shape, with its tokenizer."""
 
-    def __init__(self, artifact_dir: Path, manifest: dict[str, Any], module: torch.jit.ScriptModule) -> None:
+    def __init__(self, artifact_dir: Path, manifest: dict[str, Any], module: torch.jit.ScriptModule, padding: Padding = "fixed") -> None:
         self.artifact_dir = artifact_dir
         self.manifest = manifest
         self.module = module
+        self.padding = padding
         self.batch_size: int = manifest["trace_shape"]["batch_size"]
         self.seq_len: int = manifest["trace_shape"]["seq_len"]
+        trace_shape = (self.batch_size, self.seq_len)
+        # Only shapes the build verified; "fixed" is the tutorial's single 8x128 shape.
+        verified = {(int(r), int(c)) for r, c in manifest.get("verified_shapes", [trace_shape])} | {trace_shape}
+        self.shapes = sorted(verified) if padding == "buckets" else [trace_shape]
+        self.columns = sorted({c for _, c in self.shapes})
         tokenizer = manifest["tokenizer"]
         self.encoder = PairEncoder(artifact_dir / tokenizer["file"], int(tokenizer["max_length"]))
 
     @classmethod
-    def load(cls, artifact_dir: Path, *, threads: int = 1) -> Runtime:
+    def load(cls, artifact_dir: Path, *, threads: int = 1, padding: Padding = "fixed", quantized_engine: str | None = None) -> Runtime:
         """Verify the manifest and sha256, then load model.pt on the CPU with `threads` intra-op threads."""
         manifest = verify_artifact(artifact_dir)
         torch.set_num_threads(threads)
+        if quantized_engine:
+            # Before loading: int8 weights are repacked for the active engine when the module is deserialized.
+            torch.backends.quantized.engine = quantized_engine
         with deprecations_silenced():
             module = torch.jit.load(str(artifact_dir / manifest["model_file"]), map_location="cpu")
         module.eval()
+        for parameter in module.parameters():
+            parameter.requires_grad_(False)  # serving never needs autograd; keeps every call in one grad mode
+        _use_simple_executor()
         log.info(
             "loaded %s (%s, %d bytes, sha256 %s)",
             manifest["name"],
@@ -52,7 +66,7 @@ class Runtime:
             manifest["model_bytes"],
             manifest["model_sha256"][:12],
         )
-        return cls(artifact_dir, manifest, module)
+        return cls(artifact_dir, manifest, module, padding)
 
     @property
     def variant(self) -> str:
@@ -74,15 +88,27 @@ class Runtime:
         """Tokenize pairs exactly as the build verified (longest_first truncation to the trace length)."""
         return self.encoder.encode(pairs)
 
+    def shape_for(self, rows: Sequence[EncodedPair]) -> tuple[int, int]:
+        """The cheapest verified (rows, columns) shape holding these rows: always 8x128 with fixed padding."""
+        need = max(len(r) for r in rows)
+        return min((r * c, (r, c)) for r, c in self.shapes if r >= len(rows) and c >= need)[1]
+
+    def columns_for(self, row: EncodedPair) -> int:
+        """The smallest verified column count holding this row (the batcher groups rows by it)."""
+        return next(c for c in self.columns if c >= len(row))
+
     def forward(self, rows: Sequence[EncodedPair]) -> BatchResult:
-        """Run up to batch_size rows padded to the trace shape; return P(paraphrase) per real row."""
-        padded = pad_batch(rows, self.batch_size, self.seq_len)
-        with torch.inference_mode():
-            logits = self.module(*padded.args())[0]
+        """Run up to batch_size rows padded to a verified shape; return P(paraphrase) per real row."""
+        padded = pad_batch(rows, *self.shape_for(rows))
+        logits = self._logits(padded)
         scores = paraphrase_scores(logits[: padded.rows])
         if len(scores) != len(rows):
             raise RuntimeError(f"model returned {len(scores)} scores for {len(rows)} rows")
         return BatchResult(scores, padded)
+
+    def _logits(self, padded: PaddedBatch) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.module(*padded.args())[0]
 
     def predict(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         """Score any number of pairs in trace-shape batches, in order (offline use: evaluation, checks)."""
@@ -93,7 +119,20 @@ class Runtime:
         return scores
 
     def warm_up(self, rounds: int = 2) -> None:
-        """Run full trace-shape batches so the first request does not pay for lazy initialisation."""
+        """Run every shape this runtime may use, so no request pays for lazy initialisation or JIT profiling."""
         row = self.encode([("warm up", "warming up")])[0]
         for _ in range(rounds):
-            self.forward([row] * self.batch_size)
+            for n_rows, cols in self.shapes:
+                self._logits(pad_batch([row] * n_rows, n_rows, cols))
+
+
+def _use_simple_executor() -> None:
+    """Run TorchScript on the simple (non-profiling) graph executor.
+
+    The default profiling executor specializes the graph to the shapes of its first calls; once batches come in
+    several shapes (padding=buckets) it keeps bailing out, and the 8x128 path measured 1.5x slower after a
+    multi-shape warm-up. The simple executor is as fast at a single shape and steady across shapes. Process-wide.
+    """
+    set_profiling = getattr(torch._C, "_jit_set_profiling_executor", None)
+    if set_profiling is not None:
+        set_profiling(False)

@@ -45,6 +45,7 @@ class PredictionService:
             capacity=settings.queue_capacity,
             on_batch=self._observe_batch,
             on_depth=metrics.queue_depth.set,
+            group_key=runtime.columns_for if runtime.padding == "buckets" else None,
         )
 
     # ---- lifecycle ------------------------------------------------------------------------------------

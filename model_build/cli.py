@@ -33,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     build.add_argument("--batch-size", type=int, default=8)
     build.add_argument("--seq-len", type=int, default=128)
+    build.add_argument(
+        "--seq-buckets", default="32,64,96,128", help="column buckets to verify for shape-bucketed serving (comma-separated; '' for none)"
+    )
     build.add_argument("--tolerance", type=float, default=None, help="max |logit difference| int8 vs fp32 on the parity pairs")
     build.add_argument("--two-step", action="store_true", help="prepare_dynamic_jit + convert_dynamic_jit instead of quantize_dynamic_jit")
     build.add_argument("--attn", default="eager", choices=["eager", "sdpa"], help="attention implementation to trace")
@@ -92,6 +95,7 @@ def _run(args: argparse.Namespace) -> int:
         opts = BuildOptions(
             batch_size=args.batch_size,
             seq_len=args.seq_len,
+            seq_buckets=tuple(int(b) for b in args.seq_buckets.split(",") if b.strip()),
             variants=BUILD_VARIANTS if not args.variant or "all" in args.variant else tuple(dict.fromkeys(args.variant)),
             tolerance=DEFAULT_INT8_TOLERANCE if args.tolerance is None else args.tolerance,
             two_step=args.two_step,

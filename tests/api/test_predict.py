@@ -177,3 +177,19 @@ def test_openapi_documents_the_example_and_limits(client: TestClient):
     assert request["properties"]["pairs"]["maxItems"] == 64
     assert "429" in schema["paths"]["/predict"]["post"]["responses"]
     assert client.get("/docs").status_code == 200
+
+
+def test_bucketed_padding_serves_the_same_scores_as_fixed_padding(tiny_artifacts: Path):
+    from app.runtime import Runtime
+
+    fp32 = tiny_artifacts / "fp32"  # fp32: padding is masked out exactly, whatever the grouping of rows
+    app = create_app(settings_for(fp32, padding="buckets"), registry=CollectorRegistry())
+    pairs = list(PARITY_PAIRS)
+    with TestClient(app) as client:
+        r = client.post("/predict", json=body(pairs))
+        text = client.get("/metrics").text
+    assert r.status_code == 200
+    served = [p["score"] for p in r.json()["predictions"]]
+    assert served == pytest.approx(Runtime.load(fp32).predict(pairs), abs=1e-5)
+    values = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples if not s.labels}
+    assert values["paraserve_batch_token_fill_ratio_sum"] / values["paraserve_batch_token_fill_ratio_count"] > 0.5
