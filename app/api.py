@@ -1,5 +1,7 @@
 """Thin HTTP routes over the PredictionService.
 
+Dependencies are `async def`: FastAPI runs plain `def` ones in a thread pool, a thread hop per request.
+
 No `from __future__ import annotations` here: FastAPI must see the per-deployment request type itself.
 """
 
@@ -29,7 +31,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def get_service(request: Request) -> PredictionService:
+async def get_service(request: Request) -> PredictionService:
     """The running service, or 503 while it is starting or draining."""
     service: PredictionService | None = getattr(request.app.state, "service", None)
     if service is None:
@@ -49,7 +51,7 @@ def build_router(settings: Settings) -> APIRouter:
     PredictRequest = request_model(settings.max_pairs_per_request, settings.max_sentence_chars)
     api_key = settings.api_key.get_secret_value().encode() if settings.api_key else None
 
-    def require_key(request: Request) -> None:
+    async def require_key(request: Request) -> None:
         if api_key is None:
             return
         header = request.headers.get("authorization", "")

@@ -9,7 +9,7 @@ from typing import Any
 
 from model_build.errors import BuildError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: verified_shapes holds every (rows, columns) shape the build checked
 MODEL_FILE = "model.pt"
 MANIFEST_FILE = "manifest.json"
 TOKENIZER_FILE = "tokenizer.json"

@@ -12,10 +12,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import os
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,6 +27,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from app.local_server import start_server
 from model_build.parity_pairs import PARITY_PAIRS
 
 CLIENT_TIMEOUT_S = 60.0  # generous: a request without an answer in a minute is "lost"
@@ -105,18 +104,6 @@ def scrape(url: str) -> dict[str, float]:
             key = s.name + "".join(f"|{k}={v}" for k, v in sorted(s.labels.items()))
             values[key] = s.value
     return values
-
-
-def wait_ready(url: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"{url} not ready after {timeout:.0f} s")
 
 
 class Report:
@@ -205,30 +192,10 @@ async def clients_leave(url: str, concurrency: int, report: Report) -> None:
     report.check(httpx.get(f"{url}/readyz", timeout=5).status_code == 200, "still ready")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def spawn(artifact: Path, queue_capacity: int | None, grace: float) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    env = dict(
-        os.environ,
-        PARASERVE_ARTIFACT_DIR=str(artifact),
-        PARASERVE_PORT=str(port),
-        PARASERVE_HOST="127.0.0.1",
-        PARASERVE_SHUTDOWN_GRACE_S=str(grace),
-        PARASERVE_LOG_LEVEL="warning",
-        OMP_NUM_THREADS="1",
-        TOKENIZERS_PARALLELISM="false",
-    )
-    if queue_capacity:
-        env["PARASERVE_QUEUE_CAPACITY"] = str(queue_capacity)
-    process = subprocess.Popen([sys.executable, "-m", "app"], env=env, cwd=Path(__file__).resolve().parents[1])
-    url = f"http://127.0.0.1:{port}"
-    wait_ready(url)
-    return process, url
+    settings = {"shutdown_grace_s": str(grace), **({"queue_capacity": str(queue_capacity)} if queue_capacity else {})}
+    server = start_server(artifact, **settings)
+    return server.process, server.url
 
 
 async def shutdown_under_load(artifact: Path, queue_capacity: int | None, concurrency: int, seconds: float, report: Report) -> None:

@@ -1,0 +1,70 @@
+"""Start `python -m app` on a free 127.0.0.1 port and wait until it is ready (tests, benchmarks, reliability runs)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+
+@dataclass
+class LocalServer:
+    """A running service process and its base URL."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+
+    def stop(self, timeout: float = 60) -> int:
+        """SIGTERM, then wait for the drain to finish; returns the exit code."""
+        if self.process.poll() is None:
+            self.process.terminate()
+        return self.process.wait(timeout)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(artifact: Path, *, ready_timeout: float = 120, **settings: str) -> LocalServer:
+    """Spawn the service for `artifact` with PARASERVE_<KEY>=value settings; raise if it is not ready in time."""
+    port = free_port()
+    env = dict(os.environ, PARASERVE_ARTIFACT_DIR=str(artifact), PARASERVE_HOST="127.0.0.1", PARASERVE_PORT=str(port))
+    env.setdefault("PARASERVE_LOG_LEVEL", "warning")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.update({f"PARASERVE_{k.upper()}": str(v) for k, v in settings.items()})
+    server = LocalServer(subprocess.Popen([sys.executable, "-m", "app"], env=env), f"http://127.0.0.1:{port}")
+    deadline = time.monotonic() + ready_timeout
+    while True:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"server for {artifact} exited with {server.process.returncode}")
+        try:
+            if httpx.get(f"{server.url}/readyz", timeout=1).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            server.process.kill()
+            raise RuntimeError(f"server for {artifact} not ready after {ready_timeout:.0f} s")
+        time.sleep(0.2)
+
+
+@contextmanager
+def running_server(artifact: Path, **settings: str) -> Iterator[LocalServer]:
+    """start_server as a context manager; the server is stopped (SIGTERM) on exit."""
+    server = start_server(artifact, **settings)
+    try:
+        yield server
+    finally:
+        server.stop()
