@@ -10,6 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from app.batcher import Batcher, RowResult
 from app.config import Settings
 from app.errors import ClientClosed
@@ -51,11 +53,9 @@ class PredictionService:
     # ---- lifecycle ------------------------------------------------------------------------------------
 
     async def start(self, on_fatal: Callable[[BaseException], None] | None = None) -> None:
-        """Warm the model up at the trace shape (off the loop), publish model metrics, start the batcher."""
+        """Warm the model up at every shape it may use (off the loop), publish model metrics, start the batcher."""
         m = self.metrics
         m.model_size.labels(variant=self.runtime.variant).set(self.runtime.model_bytes)
-        import torch
-
         m.model_info.info(
             {
                 "name": self.runtime.name,

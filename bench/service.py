@@ -31,7 +31,9 @@ from model_build.mrpc import load_split
 from model_build.parity_pairs import PARITY_PAIRS
 
 IDLE_REQUESTS = 60
-CLIENTS = 8  # concurrent clients of 8 pairs each: 64 pairs in flight keeps the batcher full and gives it choice
+# Concurrent clients of 8 pairs each. 4 keep a full batch queued behind the running one (and give the length-aware
+# batcher some choice) while leaving the second vCPU as free as possible for the event loop and tokenizer.
+CLIENTS = 4
 
 
 def raw_forward(artifact: Path, rows: list[Any], runs: int, threads: int = 1, engine: str | None = None) -> float:
@@ -210,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=Path("bench-out/service.json"))
     parser.add_argument("--profile", type=Path, default=None, help="py-spy the int8 fixed server under load; write the breakdown here")
     args = parser.parse_args(argv)
+    if args.profile and not Path(sys.executable).with_name("py-spy").exists():
+        parser.error("--profile needs py-spy in this environment (it is in the dev extra: scripts/setup.sh)")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     torch.set_num_threads(1)
 

@@ -166,7 +166,7 @@ def markdown_table(summaries: Sequence[TargetSummary], numerator: str = "int8", 
         cells = [_fmt(getattr(s, field), style) for s in summaries]
         if with_ratio:
             r = ratio(getattr(by_name[numerator], field), getattr(by_name[denominator], field))
-            cells.append(f"{r:.2f}")
+            cells.append("—" if r != r else f"{r:.2f}")  # NaN: nothing to compare (e.g. no failures on either side)
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

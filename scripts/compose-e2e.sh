@@ -14,7 +14,7 @@ fail() { failures+=("$*"); say "FAIL: $*"; }
 if command -v docker-compose >/dev/null 2>&1; then compose=(docker-compose); else compose=(docker compose); fi
 dc() { "${compose[@]}" -p "$PROJECT" -f docker-compose.yml "$@"; }
 
-[[ -x ../shared/env/docker/start.sh ]] && bash ../shared/env/docker/start.sh
+if [[ -f ../shared/env/docker/start.sh ]]; then bash ../shared/env/docker/start.sh; fi
 scripts/setup.sh
 scripts/fetch-torch-wheel.sh >/dev/null
 
