@@ -22,7 +22,7 @@ def weight_summaries(module: torch.jit.ScriptModule, layer_names: list[str] | No
     """
     packed = list(_packed_params(module))
     if layer_names and len(layer_names) == len(packed) and all("_jit_pass_packed_weight" in n for n, _ in packed):
-        packed = [(layer, value) for layer, (_, value) in zip(layer_names, packed, strict=False)]
+        packed = [(layer, value) for layer, (_, value) in zip(layer_names, packed, strict=True)]
     rows = []
     for name, value in packed:
         weight, bias = torch.ops.quantized.linear_unpack(value)

@@ -197,3 +197,22 @@ def test_inspect_refuses_a_tampered_model(tiny_artifacts: Path, tmp_path: Path, 
 def test_init_tiny_refuses_to_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     (tmp_path / "t").mkdir()
     _assert_error(capsys, _cli("init-tiny", "--out", str(tmp_path / "t")), r"exists; pass --force")
+
+
+def test_every_bucket_shape_is_verified_and_recorded(tiny_artifacts: Path):
+    manifest = json.loads((tiny_artifacts / "int8" / "manifest.json").read_text())
+    assert len(manifest["verified_shapes"]) == 8 * 4
+    assert [1, 32] in manifest["verified_shapes"] and [8, 128] in manifest["verified_shapes"]
+    assert manifest["shape_parity"]["shapes"] == 32
+    assert manifest["shape_parity"]["max_abs_logit_diff"] <= manifest["shape_parity"]["tolerance"]
+
+
+def test_a_shape_that_drifts_fails_by_name():
+    from model_build.build import check_shapes
+    from model_build.errors import VerificationError
+
+    reference = {(1, 32): torch.zeros(1, 2), (3, 64): torch.zeros(3, 2)}
+    got = {(1, 32): torch.zeros(1, 2), (3, 64): torch.full((3, 2), 0.2)}
+    assert check_shapes("int8", got, reference, 0.5)["max_abs_logit_diff"] == pytest.approx(0.2)
+    with pytest.raises(VerificationError, match="shape check failed for int8 at 3x64"):
+        check_shapes("int8", got, reference, 0.1)
