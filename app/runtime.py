@@ -28,7 +28,7 @@ class BatchResult:
 
 
 class Runtime:
-    """A TorchScript paraphrase classifier at a fixed trace shape, with its tokenizer."""
+    """A TorchScript paraphrase classifier, its tokenizer, and the input shapes its build verified."""
 
     def __init__(self, artifact_dir: Path, manifest: dict[str, Any], module: torch.jit.ScriptModule, padding: Padding = "fixed") -> None:
         self.artifact_dir = artifact_dir
@@ -111,7 +111,7 @@ class Runtime:
             return self.module(*padded.args())[0]
 
     def predict(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
-        """Score any number of pairs in trace-shape batches, in order (offline use: evaluation, checks)."""
+        """Score any number of pairs, batch_size at a time in order (offline use: evaluation, checks)."""
         rows = self.encode(pairs)
         scores: list[float] = []
         for start in range(0, len(rows), self.batch_size):
