@@ -126,7 +126,7 @@ def test_a_client_that_leaves_frees_its_queue_slots(int8_dir: Path, runtime: Gat
 
 
 @pytest.mark.slow
-def test_schemathesis_finds_no_5xx_and_no_schema_violation(int8_dir: Path):
+def test_schemathesis_finds_no_5xx_and_no_schema_violation(int8_dir: Path, tmp_path: Path):
     """Property-based requests from our own OpenAPI schema against a real server (bounded, fixed seed)."""
     from tests.servers import running_server
 
@@ -134,7 +134,7 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(int8_dir: Path):
         result = subprocess.run(
             [sys.executable, "-m", "schemathesis.cli", "run", f"{url}/openapi.json", "--checks", "all", "--max-examples", "50",
              "--seed", "42", "--no-color"],
-            capture_output=True, text=True, timeout=240,
+            capture_output=True, text=True, timeout=240, cwd=tmp_path,  # its .schemathesis cache stays out of the tree
         )  # fmt: skip
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert "No issues found" in result.stdout
