@@ -184,37 +184,27 @@ def test_a_dead_loop_is_reported_and_queued_rows_fail():
     assert isinstance(fatal[0], ValueError) and isinstance(batcher.failure, ValueError)
 
 
-def test_length_aware_assembly_groups_rows_no_longer_than_the_oldest():
+@pytest.mark.parametrize(
+    ("batch_size", "rows", "expected"),
+    [
+        # a long head takes any rows; then a short head takes only short ones; the long 70 is not starved
+        (3, [60.0, 2.0, 70.0, 3.0, 4.0, 5.0], [[60.0, 2.0, 70.0], [3.0, 4.0, 5.0]]),
+        # a short head leaves the long rows for a batch of their own
+        (4, [2.0, 90.0, 3.0, 91.0, 4.0], [[2.0, 3.0, 4.0], [90.0, 91.0]]),
+    ],
+)
+def test_length_aware_assembly_groups_rows_no_longer_than_the_oldest(batch_size: int, rows: list[float], expected: list[list[float]]):
     async def scenario():
         model = FakeModel()
         model.gate.clear()
-        batcher = Batcher(model.forward, batch_size=3, max_wait_s=0.0, capacity=64, group_key=lambda row: 32 if row < 50 else 128)
+        batcher = Batcher(model.forward, batch_size=batch_size, max_wait_s=0.0, capacity=64, group_key=lambda row: 32 if row < 50 else 128)
         batcher.start()
-        first = batcher.submit([1.0])  # taken alone, held at the gate
+        first = batcher.submit([1.0])  # taken alone and held at the gate while the rest queue up
         await asyncio.sleep(0.05)
-        rest = batcher.submit([60.0, 2.0, 70.0, 3.0, 4.0, 5.0])
+        rest = batcher.submit(rows)
         model.gate.set()
         await asyncio.gather(*first, *rest)
         await batcher.drain(1)
         return model.batches
 
-    batches = asyncio.run(scenario())
-    # head 60 (long) takes any rows; then head 3 (short) takes only short ones; the long 70 is not starved.
-    assert batches == [[1.0], [60.0, 2.0, 70.0], [3.0, 4.0, 5.0]]
-
-
-def test_length_aware_assembly_keeps_short_heads_free_of_long_rows():
-    async def scenario():
-        model = FakeModel()
-        model.gate.clear()
-        batcher = Batcher(model.forward, batch_size=4, max_wait_s=0.0, capacity=64, group_key=lambda row: 32 if row < 50 else 128)
-        batcher.start()
-        first = batcher.submit([1.0])
-        await asyncio.sleep(0.05)
-        rest = batcher.submit([2.0, 90.0, 3.0, 91.0, 4.0])
-        model.gate.set()
-        await asyncio.gather(*first, *rest)
-        await batcher.drain(1)
-        return model.batches
-
-    assert asyncio.run(scenario()) == [[1.0], [2.0, 3.0, 4.0], [90.0, 91.0]]
+    assert asyncio.run(scenario()) == [[1.0], *expected]
