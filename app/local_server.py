@@ -37,7 +37,7 @@ def free_port() -> int:
 
 
 def start_server(artifact: Path, *, ready_timeout: float = 120, **settings: str) -> LocalServer:
-    """Spawn the service for `artifact` with PARASERVE_<KEY>=value settings; raise if it is not ready in time."""
+    """Spawn the service for `artifact` with PARASERVE_<KEY>=value settings and wait until it is ready."""
     port = free_port()
     env = dict(os.environ, PARASERVE_ARTIFACT_DIR=str(artifact), PARASERVE_HOST="127.0.0.1", PARASERVE_PORT=str(port))
     env.setdefault("PARASERVE_LOG_LEVEL", "warning")
@@ -45,18 +45,27 @@ def start_server(artifact: Path, *, ready_timeout: float = 120, **settings: str)
     env.setdefault("OMP_NUM_THREADS", "1")
     env.update({f"PARASERVE_{k.upper()}": str(v) for k, v in settings.items()})
     server = LocalServer(subprocess.Popen([sys.executable, "-m", "app"], env=env), f"http://127.0.0.1:{port}")
-    deadline = time.monotonic() + ready_timeout
+    try:
+        wait_ready(server.url, ready_timeout, server.process)
+    except TimeoutError:
+        server.process.kill()
+        raise
+    return server
+
+
+def wait_ready(url: str, timeout: float = 120, process: subprocess.Popen[bytes] | None = None) -> None:
+    """Poll GET /readyz until it answers 200; TimeoutError after `timeout`, RuntimeError if `process` exits first."""
+    deadline = time.monotonic() + timeout
     while True:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"server for {artifact} exited with {server.process.returncode}")
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"server for {url} exited with {process.returncode}")
         try:
-            if httpx.get(f"{server.url}/readyz", timeout=1).status_code == 200:
-                return server
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
         except httpx.HTTPError:
             pass
         if time.monotonic() > deadline:
-            server.process.kill()
-            raise RuntimeError(f"server for {artifact} not ready after {ready_timeout:.0f} s")
+            raise TimeoutError(f"{url} not ready after {timeout:.0f} s")
         time.sleep(0.2)
 
 

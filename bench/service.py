@@ -27,6 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from app.local_server import running_server
 from app.runtime import Runtime
+from app.scrape import histogram_mean, samples
 from model_build.mrpc import load_split
 from model_build.parity_pairs import PARITY_PAIRS
 
@@ -103,13 +104,13 @@ async def saturate(url: str, pairs: list[tuple[str, str]], seconds: float, warmu
                 counted["pairs"] += 8
                 counted["requests"] += 1
 
-    before = httpx.get(f"{url}/metrics").text
+    before = samples(httpx.get(f"{url}/metrics").text)
     async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=CLIENTS)) as client:
         await asyncio.gather(*(client_loop(client) for _ in range(CLIENTS)))
-    after = httpx.get(f"{url}/metrics").text
-    fill = _metric_mean(before, after, "paraserve_batch_token_fill_ratio")
-    rows = _metric_mean(before, after, "paraserve_batch_rows")
-    forward = _metric_mean(before, after, "paraserve_inference_duration_seconds")
+    after = samples(httpx.get(f"{url}/metrics").text)
+    fill = histogram_mean(before, after, "paraserve_batch_token_fill_ratio")
+    rows = histogram_mean(before, after, "paraserve_batch_rows")
+    forward = histogram_mean(before, after, "paraserve_inference_duration_seconds")
     return {
         "pairs_per_s": counted["pairs"] / seconds,
         "requests": counted["requests"],
@@ -121,22 +122,6 @@ async def saturate(url: str, pairs: list[tuple[str, str]], seconds: float, warmu
         "over_server_forward": counted["pairs"] / seconds / (rows / forward) if forward else float("nan"),
         "scores": scores,
     }
-
-
-def _metric_mean(before: str, after: str, name: str) -> float:
-    """Mean of a histogram over the interval between two scrapes."""
-
-    def sums(text: str) -> dict[str, float]:
-        return {
-            suffix: float(line.split()[-1])
-            for line in text.splitlines()
-            for suffix in ("_sum", "_count")
-            if line.startswith(name + suffix + " ")
-        }
-
-    a, b = sums(before), sums(after)
-    count = b["_count"] - a["_count"]
-    return (b["_sum"] - a["_sum"]) / count if count else float("nan")
 
 
 def profile(pid: int, seconds: float, out: Path) -> dict[str, float]:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 
+from app.local_server import wait_ready
 from loadtest.report import TargetSummary, summarize, write_report
 from model_build.progress import progress
 
@@ -37,20 +38,6 @@ def parse_target(text: str) -> tuple[str, str]:
     if not sep or not name or not url.startswith(("http://", "https://")):
         raise argparse.ArgumentTypeError(f"target must be NAME=URL, e.g. int8=http://127.0.0.1:8001, not {text!r}")
     return name, url.rstrip("/")
-
-
-def wait_ready(client: httpx.Client, url: str, timeout: float = 120.0) -> None:
-    """Block until GET /readyz answers 200 (or fail after `timeout`)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if client.get(f"{url}/readyz").status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise SystemExit(f"{url} did not become ready in {timeout:.0f} s")
-        time.sleep(1)
 
 
 def _latest(history_csv: Path) -> str:
@@ -121,7 +108,10 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"[compare] {index}/{len(args.target)} {name} at {url}: {args.users} users, {args.shape}, {args.duration:.0f} s", flush=True
             )
-            wait_ready(client, url)
+            try:
+                wait_ready(url)
+            except TimeoutError as exc:
+                raise SystemExit(str(exc)) from None
             before = client.get(f"{url}/metrics").text
             prefix = args.out / name
             elapsed = run_locust(name, url, prefix, args)

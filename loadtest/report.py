@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
+from app.scrape import histogram_mean, metric_delta, metric_sum, samples
 
 PERCENTILE_COLUMNS = ("50%", "66%", "75%", "80%", "90%", "95%", "98%", "99%", "99.9%", "99.99%")
 
@@ -35,23 +35,6 @@ class TargetSummary:
     model_size_bytes: float
     rss_bytes: float
     duration_s: float
-
-
-def samples(metrics_text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """{(sample name, sorted labels): value} of a Prometheus text exposition."""
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(metrics_text)
-        for s in family.samples
-    }
-
-
-def _sum(values: Mapping[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
-    return sum(v for (n, lab), v in values.items() if n == name and all(dict(lab).get(k) == want for k, want in labels.items()))
-
-
-def _delta(before: Mapping[Any, float], after: Mapping[Any, float], name: str, **labels: str) -> float:
-    return _sum(after, name, **labels) - _sum(before, name, **labels)
 
 
 def aggregated_row(stats_csv: Path) -> dict[str, str]:
@@ -96,31 +79,28 @@ def summarize(name: str, url: str, csv_prefix: Path, before_text: str, after_tex
     """Combine locust's client-side view with the server's own metrics over the run."""
     row = aggregated_row(Path(f"{csv_prefix}_stats.csv"))
     before, after = samples(before_text), samples(after_text)
-    batches = _delta(before, after, "paraserve_batch_rows_count")
-    fill_count = _delta(before, after, "paraserve_batch_token_fill_ratio_count")
-    waits = _delta(before, after, "paraserve_queue_wait_seconds_count")
     return TargetSummary(
         name=name,
         url=url,
         requests=int(row["Request Count"]),
         failures=int(row["Failure Count"]),
-        overloaded_429=int(_delta(before, after, "paraserve_http_requests_total", route="/predict", status="429")),
+        overloaded_429=int(metric_delta(before, after, "paraserve_http_requests_total", route="/predict", status="429")),
         requests_per_s=float(row["Requests/s"]),
         # locust's requests/s covers its own active time; the server says how many pairs each answered request held.
         pairs_per_s=float(row["Requests/s"])
         * ratio(
-            _delta(before, after, "paraserve_predictions_total"),
-            _delta(before, after, "paraserve_http_requests_total", route="/predict", status="200"),
+            metric_delta(before, after, "paraserve_predictions_total"),
+            metric_delta(before, after, "paraserve_http_requests_total", route="/predict", status="200"),
         ),
         p50_s=_ms(row["50%"]),
         p90_s=_ms(row["90%"]),
         p99_s=_ms(row["99%"]),
-        batch_fill_rows=_delta(before, after, "paraserve_batch_rows_sum") / batches if batches else float("nan"),
-        padding_fraction=1 - _delta(before, after, "paraserve_batch_token_fill_ratio_sum") / fill_count if fill_count else float("nan"),
-        queue_wait_mean_s=_delta(before, after, "paraserve_queue_wait_seconds_sum") / waits if waits else float("nan"),
-        inference_mean_s=_delta(before, after, "paraserve_inference_duration_seconds_sum") / batches if batches else float("nan"),
-        model_size_bytes=_sum(after, "paraserve_model_size_bytes"),
-        rss_bytes=_sum(after, "process_resident_memory_bytes"),
+        batch_fill_rows=histogram_mean(before, after, "paraserve_batch_rows"),
+        padding_fraction=1 - histogram_mean(before, after, "paraserve_batch_token_fill_ratio"),
+        queue_wait_mean_s=histogram_mean(before, after, "paraserve_queue_wait_seconds"),
+        inference_mean_s=histogram_mean(before, after, "paraserve_inference_duration_seconds"),
+        model_size_bytes=metric_sum(after, "paraserve_model_size_bytes"),
+        rss_bytes=metric_sum(after, "process_resident_memory_bytes"),
         duration_s=duration_s,
     )
 

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from app.local_server import start_server
+from app.local_server import LocalServer, start_server
+from app.scrape import metric_delta, metric_sum, samples
 from model_build.parity_pairs import PARITY_PAIRS
 
 CLIENT_TIMEOUT_S = 60.0  # generous: a request without an answer in a minute is "lost"
@@ -96,14 +96,8 @@ async def closed_loop(url: str, concurrency: int, seconds: float, *, fresh_conne
     return tally
 
 
-def scrape(url: str) -> dict[str, float]:
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    values: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            key = s.name + "".join(f"|{k}={v}" for k, v in sorted(s.labels.items()))
-            values[key] = s.value
-    return values
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return samples(httpx.get(f"{url}/metrics", timeout=10).text)
 
 
 class Report:
@@ -130,9 +124,7 @@ async def find_saturation(url: str, seconds: float) -> tuple[int, float]:
         await closed_loop(url, concurrency, seconds)
         elapsed = time.monotonic() - started  # includes the in-flight tail after the deadline
         after = scrape(url)
-        pairs = sum(v for k, v in after.items() if k.startswith("paraserve_predictions_total")) - sum(
-            v for k, v in before.items() if k.startswith("paraserve_predictions_total")
-        )
+        pairs = metric_delta(before, after, "paraserve_predictions_total")
         results.append((concurrency, pairs / elapsed))
         print(f"  concurrency {concurrency:3d}: {pairs / elapsed:8.1f} pairs/s", flush=True)
         if len(results) >= 3 and results[-1][1] < 1.05 * results[-2][1] and results[-2][1] < 1.05 * results[-3][1]:
@@ -148,13 +140,13 @@ async def overload(url: str, concurrency: int, seconds: float, report: Report) -
     early = max(3.0, min(10.0, seconds / 6))
     task = asyncio.ensure_future(closed_loop(url, concurrency, seconds, tally=tally))
     await asyncio.sleep(early)
-    rss_early = scrape(url).get("process_resident_memory_bytes", 0.0)
+    rss_early = metric_sum(scrape(url), "process_resident_memory_bytes")
     await task
     metrics = scrape(url)
-    rss_end = metrics.get("process_resident_memory_bytes", 0.0)
-    capacity = metrics.get("paraserve_queue_capacity_pairs", 256)
-    batches = metrics.get("paraserve_inference_duration_seconds_count", 0) or 1
-    batch_time = metrics.get("paraserve_inference_duration_seconds_sum", 0) / batches
+    rss_end = metric_sum(metrics, "process_resident_memory_bytes")
+    capacity = metrics.get(("paraserve_queue_capacity_pairs", ()), 256)
+    batches = metric_sum(metrics, "paraserve_inference_duration_seconds_count") or 1
+    batch_time = metric_sum(metrics, "paraserve_inference_duration_seconds_sum") / batches
     # A pair waits for at most the queue ahead of it (capacity / 8 batches) plus its own request's batches.
     bound = (math.ceil(capacity / 8) + 2) * batch_time * 1.5 + 1.0
     ok = tally.count("200")
@@ -185,24 +177,24 @@ async def clients_leave(url: str, concurrency: int, report: Report) -> None:
         await asyncio.gather(*(one_request(client, url, rng, gone, timeout=0.02) for _ in range(concurrency * 4)))
     await background
     deadline = time.monotonic() + 15
-    depth = scrape(url).get("paraserve_queue_depth_pairs", -1)
+    depth = scrape(url).get(("paraserve_queue_depth_pairs", ()), -1)
     while depth != 0 and time.monotonic() < deadline:
         await asyncio.sleep(0.2)
-        depth = scrape(url).get("paraserve_queue_depth_pairs", -1)
+        depth = scrape(url).get(("paraserve_queue_depth_pairs", ()), -1)
     print(f"  abandoned: {dict(gone.statuses)}", flush=True)
     report.check(depth == 0, f"queue depth back to 0 after the load: {depth:.0f}")
     report.check(httpx.get(f"{url}/readyz", timeout=5).status_code == 200, "still ready")
 
 
-def spawn(artifact: Path, queue_capacity: int | None, grace: float) -> tuple[subprocess.Popen[bytes], str]:
+def spawn(artifact: Path, queue_capacity: int | None, grace: float) -> LocalServer:
     settings = {"shutdown_grace_s": str(grace), **({"queue_capacity": str(queue_capacity)} if queue_capacity else {})}
-    server = start_server(artifact, **settings)
-    return server.process, server.url
+    return start_server(artifact, **settings)
 
 
 async def shutdown_under_load(artifact: Path, queue_capacity: int | None, concurrency: int, seconds: float, report: Report) -> None:
     grace = 30.0
-    process, url = spawn(artifact, queue_capacity, grace)
+    server = spawn(artifact, queue_capacity, grace)
+    process, url = server.process, server.url
     print(f"\n== SIGTERM under load: {concurrency} clients, fresh connections, signal after {seconds:.0f} s", flush=True)
     tally = Tally()
     load = asyncio.ensure_future(closed_loop(url, concurrency, seconds * 2, fresh_connections=True, tally=tally))
@@ -238,10 +230,8 @@ async def shutdown_under_load(artifact: Path, queue_capacity: int | None, concur
 
 async def run(args: argparse.Namespace) -> bool:
     report = Report()
-    process = None
-    url = args.url
-    if args.spawn:
-        process, url = spawn(args.spawn, args.queue_capacity, 30.0)
+    server = spawn(args.spawn, args.queue_capacity, 30.0) if args.spawn else None
+    url = server.url if server is not None else args.url
     try:
         print(f"== saturation probe against {url}", flush=True)
         saturation, best = await find_saturation(url, 1.0 if args.quick else 4.0)
@@ -249,9 +239,8 @@ async def run(args: argparse.Namespace) -> bool:
         await overload(url, 2 * saturation, 10.0 if args.quick else 60.0, report)
         await clients_leave(url, saturation, report)
     finally:
-        if process is not None:
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=60)
+        if server is not None:
+            server.stop(timeout=60)
     if args.spawn:
         await shutdown_under_load(args.spawn, args.queue_capacity, 2 * saturation, 2.0 if args.quick else 5.0, report)
     print(f"\n{'PASS' if report.ok else 'FAIL'}: reliability checks", flush=True)
