@@ -13,7 +13,7 @@ FORMAT_VERSION = 2  # 2: verified_shapes holds every (rows, columns) shape the b
 MODEL_FILE = "model.pt"
 MANIFEST_FILE = "manifest.json"
 TOKENIZER_FILE = "tokenizer.json"
-VARIANTS = ("fp32", "int8", "debug", "eager-int8")
+VARIANTS = ("fp32", "int8", "debug", "eager-int8", "int8-calibrated")
 REQUIRED_KEYS = (
     "format_version",
     "name",

@@ -9,17 +9,18 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from model_build import artifact
+from model_build import artifact, calibration
 from model_build.checkpoint import LABELS, TRACE_INPUTS, Checkpoint, load_for_tracing
 from model_build.encoding import EncodedPair, PaddedBatch, PairEncoder, pad_batch, paraphrase_scores
 from model_build.errors import BuildError, VerificationError
+from model_build.mrpc import split_path
 from model_build.parity_pairs import PARITY_PAIRS
 from model_build.progress import progress
 from model_build.quiet import deprecations_silenced
@@ -32,7 +33,16 @@ TRACE_TOLERANCE = 1e-4  # traced vs eager fp32 logits: the same kernels, so only
 # spanning about +-3 (int8 activations are quantized per tensor, 7-bit on x86); a broken quantization (wrong
 # input order, a lost layer) is off by several logits.
 DEFAULT_INT8_TOLERANCE = 1.5
-BUILD_VARIANTS = ("fp32", "int8", "debug", "eager-int8")
+# A row's logits alone at its own length vs inside any verified batch shape, for variants whose answers must not
+# depend on their batch (fp32, int8-calibrated): only fp32 summation order differs, plus the odd int8 rounding step.
+INVARIANCE_TOLERANCE = 1e-3
+BUILD_VARIANTS = ("fp32", "int8", "debug", "eager-int8", "int8-calibrated")
+BATCH_INVARIANT_VARIANTS = ("fp32", "int8-calibrated")
+
+
+def default_variants(calibration_data: Path | None) -> tuple[str, ...]:
+    """Every variant the inputs allow: int8-calibrated needs MRPC train pairs to calibrate on."""
+    return BUILD_VARIANTS if calibration_data is not None else tuple(v for v in BUILD_VARIANTS if v != "int8-calibrated")
 
 
 @dataclass
@@ -41,7 +51,7 @@ class BuildOptions:
 
     batch_size: int = 8
     seq_len: int = 128
-    variants: Sequence[str] = BUILD_VARIANTS
+    variants: Sequence[str] = ()  # () for every variant the inputs allow (see default_variants)
     tolerance: float = DEFAULT_INT8_TOLERANCE
     two_step: bool = False  # prepare_dynamic_jit + convert_dynamic_jit instead of quantize_dynamic_jit
     attn_implementation: str = "eager"
@@ -50,6 +60,15 @@ class BuildOptions:
     # Column buckets the runtime may pad to instead of seq_len (rows then shrink to the real count); each
     # (rows, bucket) shape is verified against the eager model before it is recorded in the manifest.
     seq_buckets: Sequence[int] = (32, 64, 96, 128)
+    # int8-calibrated: the MRPC folder whose train split calibrates the activation ranges, how many pairs, and
+    # the activation width (8 needs an int8 kernel that does not saturate, checked; 7 is fbgemm's reduce_range).
+    calibration_data: Path | None = None
+    calibration_pairs: int = 512
+    activation_bits: int = 8
+
+    def __post_init__(self) -> None:
+        if not self.variants:
+            self.variants = default_variants(self.calibration_data)
 
     def shapes(self) -> list[tuple[int, int]]:
         """Every (rows, columns) shape the build verifies: 1..batch_size rows x each bucket up to seq_len."""
@@ -68,6 +87,8 @@ class BuiltVariant:
     qconfig: dict[str, Any] | None
     logits: list[torch.Tensor] = field(default_factory=list)
     shape_parity: dict[str, Any] = field(default_factory=dict)
+    batch_invariance: dict[str, Any] = field(default_factory=dict)
+    activation_ranges: list[calibration.ActivationRange] = field(default_factory=list)
 
 
 # ---- pure steps -------------------------------------------------------------------------------------------
@@ -161,13 +182,16 @@ def check_tokenizer(ckpt: Checkpoint, encoder: PairEncoder, pairs: Sequence[tupl
 
 
 def check_ops(variant: str, counts: dict[str, int], linears: tuple[int, int]) -> None:
-    """int8 graphs hold one quantized::linear_dynamic per Linear; debug graphs quantize every weight."""
+    """int8 graphs hold one int8 Linear op per Linear and no float one; debug graphs quantize every weight."""
     total, encoder = linears
-    if variant in ("int8", "eager-int8"):
-        found = counts.get("quantized::linear_dynamic", 0)
-        if found < encoder or found != total or counts.get("aten::linear", 0):
+    if variant in ("int8", "eager-int8", "int8-calibrated"):
+        op, other = calibration.DYNAMIC_OP, calibration.FIXED_RANGE_OP
+        if variant == "int8-calibrated":
+            op, other = other, op
+        found = counts.get(op, 0)
+        if found < encoder or found != total or counts.get("aten::linear", 0) or counts.get(other, 0):
             raise VerificationError(
-                f"op check failed for {variant}: {found} quantized::linear_dynamic ops and "
+                f"op check failed for {variant}: {found} {op} ops, {counts.get(other, 0)} {other} and "
                 f"{counts.get('aten::linear', 0)} float aten::linear for {total} Linear layers ({encoder} in the encoder)"
             )
     elif variant == "debug" and counts.get("aten::quantize_per_channel", 0) != total:
@@ -185,14 +209,23 @@ def check_parity(variant: str, parity: dict[str, Any], tolerance: float) -> None
         )
 
 
-def shape_batches(rows: Sequence[EncodedPair], shapes: Sequence[tuple[int, int]]) -> dict[tuple[int, int], PaddedBatch]:
+@dataclass(frozen=True)
+class ShapedBatch:
+    """A batch padded to one verified shape, and which parity rows it holds."""
+
+    batch: PaddedBatch
+    row_ids: tuple[int, ...]
+
+
+def shape_batches(rows: Sequence[EncodedPair], shapes: Sequence[tuple[int, int]]) -> dict[tuple[int, int], ShapedBatch]:
     """One batch per shape: parity rows that fit its columns (cycled), padded to exactly rows x columns."""
     batches = {}
     for n_rows, cols in shapes:
-        fitting = [row for row in rows if len(row) <= cols]
+        fitting = [i for i, row in enumerate(rows) if len(row) <= cols]
         if not fitting:
             raise BuildError(f"no parity pair fits {cols} tokens; use larger --seq-buckets")
-        batches[(n_rows, cols)] = pad_batch([fitting[i % len(fitting)] for i in range(n_rows)], n_rows, cols)
+        ids = tuple(fitting[i % len(fitting)] for i in range(n_rows))
+        batches[(n_rows, cols)] = ShapedBatch(pad_batch([rows[i] for i in ids], n_rows, cols), ids)
     return batches
 
 
@@ -209,6 +242,41 @@ def check_shapes(
             )
         worst = max(worst, diff)
     return {"shapes": len(got), "max_abs_logit_diff": worst, "tolerance": tolerance}
+
+
+def check_batch_invariance(
+    variant: str,
+    module: torch.nn.Module,
+    rows: Sequence[EncodedPair],
+    shaped: dict[tuple[int, int], ShapedBatch],
+    at: dict[tuple[int, int], torch.Tensor],
+    *,
+    required: bool,
+) -> dict[str, Any]:
+    """How far a row's logits move between running alone at its own length and inside each verified batch shape.
+
+    Measured for every variant; for `required` ones (fp32, int8-calibrated) beyond INVARIANCE_TOLERANCE fails the
+    build. The runtime pads by length buckets by default only for artifacts that passed.
+    """
+    alone = run(module, [pad_batch([row], 1, len(row)) for row in rows])
+    worst = max(float((at[shape][j] - alone[i][0]).abs().max()) for shape, item in shaped.items() for j, i in enumerate(item.row_ids))
+    if required and not worst <= INVARIANCE_TOLERANCE:
+        raise VerificationError(
+            f"batch-invariance check failed for {variant}: a row's logits move by {worst:.4g} between batch shapes "
+            f"(allowed {INVARIANCE_TOLERANCE:g})"
+        )
+    return {"batch_invariant": required, "max_abs_logit_diff": worst, "tolerance": INVARIANCE_TOLERANCE, "shapes": len(shaped)}
+
+
+def calibrate(ckpt: Checkpoint, encoder: PairEncoder, layers: Sequence[str], opts: BuildOptions) -> list[calibration.ActivationRange]:
+    """Activation ranges of every Linear over MRPC train pairs (for int8-calibrated)."""
+    if opts.activation_bits == 8 and not calibration.int8_kernel_exact():
+        raise BuildError(
+            f"this CPU's int8 kernel ({torch.backends.quantized.engine} engine) saturates 8-bit activations; build with --activation-bits 7"
+        )
+    rows = calibration.calibration_rows(opts.calibration_data, encoder, opts.calibration_pairs)
+    observed = calibration.observe_ranges(ckpt.model, rows, layers)
+    return calibration.activation_ranges(observed, layers, opts.activation_bits)
 
 
 def check_reload(path: Path, batches: Sequence[PaddedBatch], expected: Sequence[torch.Tensor]) -> None:
@@ -228,9 +296,16 @@ def build_variants(
     batches: Sequence[PaddedBatch],
     opts: BuildOptions,
     bar: Any,
-    shaped: dict[tuple[int, int], PaddedBatch] | None = None,
+    shaped: dict[tuple[int, int], ShapedBatch] | None = None,
+    *,
+    rows: Sequence[EncodedPair] = (),
+    ranges: Sequence[calibration.ActivationRange] = (),
 ) -> list[BuiltVariant]:
-    """Trace, quantize and verify every requested variant (at every shape of `shaped`); nothing is written here."""
+    """Trace, quantize and verify every requested variant (at every shape of `shaped`); nothing is written here.
+
+    `rows` are the parity rows `shaped` was cut from (for the batch-invariance check); `ranges` the calibrated
+    activation ranges int8-calibrated needs.
+    """
     model = ckpt.model
     shaped = shaped or {}
     reference = run(model, batches)
@@ -238,8 +313,8 @@ def build_variants(
     traced_logits = run(traced, batches)
     trace_parity = compare(reference, traced_logits)
     check_parity("fp32 trace vs eager", trace_parity, TRACE_TOLERANCE)
-    eager_at = {shape: run(model, [b])[0] for shape, b in shaped.items()}
-    traced_at = {shape: run(traced, [b])[0] for shape, b in shaped.items()}
+    eager_at = {shape: run(model, [b.batch])[0] for shape, b in shaped.items()}
+    traced_at = {shape: run(traced, [b.batch])[0] for shape, b in shaped.items()}
     bar.update(1)
     linears = count_linears(model)
     per_channel = {
@@ -262,6 +337,16 @@ def build_variants(
                     "weight": "int8, per-tensor",
                     "engine": torch.backends.quantized.engine,
                 }
+            elif variant == "int8-calibrated":
+                module = calibration.fix_activation_ranges(quantize_int8(traced, two_step=opts.two_step), ranges)
+                qconfig = dict(
+                    per_channel,
+                    activation=f"quint8 per-tensor, {opts.activation_bits}-bit, range fixed in the graph: min/max of the fp32 "
+                    f"input of each Linear over {opts.calibration_pairs} MRPC train pairs (seeded sample)",
+                    activation_bits=opts.activation_bits,
+                    op=calibration.FIXED_RANGE_OP,
+                    two_step=opts.two_step,
+                )
             else:
                 module = quantize_int8(traced, debug=variant == "debug", two_step=opts.two_step)
                 qconfig = dict(per_channel, debug=variant == "debug", two_step=opts.two_step)
@@ -270,13 +355,29 @@ def build_variants(
         check_ops(variant, counts, linears)
         check_parity(variant, parity, parity["tolerance"])
         if variant == "fp32":
+            at = traced_at
             shape_parity = check_shapes(variant, traced_at, eager_at, TRACE_TOLERANCE)
         else:
-            at = {shape: run(module, [b])[0] for shape, b in shaped.items()}
+            at = {shape: run(module, [b.batch])[0] for shape, b in shaped.items()}
             shape_parity = check_shapes(variant, at, traced_at, opts.tolerance)
+        invariance = (
+            check_batch_invariance(variant, module, rows, shaped, at, required=variant in BATCH_INVARIANT_VARIANTS) if shaped else {}
+        )
         parity["linear_layers"], parity["encoder_linear_layers"] = linears
         log.info("%s verified: %s", variant, {k: parity[k] for k in ("max_abs_logit_diff", "max_abs_score_diff", "argmax_agreement")})
-        built.append(BuiltVariant(variant, module, counts, parity, qconfig, run(module, batches), shape_parity))
+        built.append(
+            BuiltVariant(
+                variant,
+                module,
+                counts,
+                parity,
+                qconfig,
+                run(module, batches),
+                shape_parity,
+                invariance,
+                list(ranges) if variant == "int8-calibrated" else [],
+            )
+        )
         bar.update(1)
     return built
 
@@ -287,6 +388,12 @@ def build(model_dir: Path, out: Path, opts: BuildOptions | None = None) -> dict[
     unknown = [v for v in opts.variants if v not in BUILD_VARIANTS]
     if unknown:
         raise BuildError(f"unknown variant {', '.join(unknown)}; choose from {', '.join(BUILD_VARIANTS)}")
+    if "int8-calibrated" in opts.variants:
+        if opts.calibration_data is None:
+            raise BuildError("int8-calibrated needs MRPC train pairs to calibrate on: pass --calibration-data DIR")
+        split_path(opts.calibration_data, "train")  # fail now, with the explanation of MRPC, not after tracing
+        if opts.calibration_pairs < 1:
+            raise BuildError(f"--calibration-pairs must be at least 1, not {opts.calibration_pairs}")
     if opts.batch_size < 1 or not 8 <= opts.seq_len <= 512:
         raise BuildError(f"trace shape {opts.batch_size}x{opts.seq_len} is out of range (batch >= 1, 8 <= seq-len <= 512)")
     if out.exists() and not opts.force:
@@ -304,9 +411,10 @@ def build(model_dir: Path, out: Path, opts: BuildOptions | None = None) -> dict[
         rows = encoder.encode(PARITY_PAIRS)
         batches = [pad_batch(rows[i : i + opts.batch_size], opts.batch_size, opts.seq_len) for i in range(0, len(rows), opts.batch_size)]
         shaped = shape_batches(rows, opts.shapes())
+        layers = linear_execution_order(ckpt.model, batches[0])
+        ranges = calibrate(ckpt, encoder, layers, opts) if "int8-calibrated" in opts.variants else []
         with progress(total=1 + 2 * len(opts.variants), desc="build", unit="step") as bar:
-            built = build_variants(ckpt, batches, opts, bar, shaped)
-            layers = linear_execution_order(ckpt.model, batches[0])
+            built = build_variants(ckpt, batches, opts, bar, shaped, rows=rows, ranges=ranges)
             manifests = {}
             for item in built:
                 manifests[item.variant] = _write_variant(item, staging / item.variant, tokenizer_dir, ckpt, opts, batches, layers, started)
@@ -344,6 +452,8 @@ def _write_variant(
         "trace_shape": {"batch_size": opts.batch_size, "seq_len": opts.seq_len},
         "verified_shapes": [list(shape) for shape in opts.shapes()],
         "shape_parity": item.shape_parity,
+        "batch_invariance": item.batch_invariance,
+        "activation_ranges": [asdict(r) for r in item.activation_ranges],
         "input_names": list(TRACE_INPUTS),
         "labels": list(LABELS),
         "model_file": artifact.MODEL_FILE,

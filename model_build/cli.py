@@ -29,7 +29,10 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--model-dir", type=Path, required=True, help="a local Hugging Face BertForSequenceClassification folder")
     build.add_argument("--out", type=Path, required=True, help="folder to create; holds one sub-folder per variant")
     build.add_argument(
-        "--variant", action="append", choices=["fp32", "int8", "debug", "eager-int8", "all"], help="repeat for several (default: all)"
+        "--variant",
+        action="append",
+        choices=["fp32", "int8", "debug", "eager-int8", "int8-calibrated", "all"],
+        help="repeat for several (default: all; int8-calibrated only with --calibration-data)",
     )
     build.add_argument("--batch-size", type=int, default=8)
     build.add_argument("--seq-len", type=int, default=128)
@@ -39,6 +42,11 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--tolerance", type=float, default=None, help="max |logit difference| int8 vs fp32 on the parity pairs")
     build.add_argument("--two-step", action="store_true", help="prepare_dynamic_jit + convert_dynamic_jit instead of quantize_dynamic_jit")
     build.add_argument("--attn", default="eager", choices=["eager", "sdpa"], help="attention implementation to trace")
+    build.add_argument("--calibration-data", type=Path, default=None, help="GLUE MRPC folder whose train split calibrates int8-calibrated")
+    build.add_argument("--calibration-pairs", type=int, default=512, help="train pairs to calibrate on (seeded sample)")
+    build.add_argument(
+        "--activation-bits", type=int, default=8, choices=[7, 8], help="int8-calibrated activation width (7: CPUs that saturate)"
+    )
     build.add_argument("--name", default=None, help="model name recorded in the manifest (default: the folder name)")
     build.add_argument("--force", action="store_true", help="replace --out if it exists")
 
@@ -65,9 +73,12 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="dev", choices=["dev", "train"])
     evaluate.add_argument("--limit", type=int, default=None, help="only the first N pairs")
     evaluate.add_argument("--json", type=Path, default=None, help="also write the results here")
+    evaluate.add_argument(
+        "--padding", default="fixed", choices=["fixed", "buckets", "auto"], help="fixed (default): the tutorial's 8x128, comparable times"
+    )
     ensure = sub.add_parser("ensure-default", help="print the default artifacts folder, fine-tuning and building it if needed")
     ensure.add_argument("--cache", type=Path, default=Path("model-cache"), help="git-ignored folder for checkpoints and artifacts")
-    ensure.add_argument("--data-dir", type=Path, required=True, help="GLUE MRPC folder (used only when fine-tuning)")
+    ensure.add_argument("--data-dir", type=Path, required=True, help="GLUE MRPC folder (fine-tuning, and calibrating int8-calibrated)")
     ensure.add_argument("--model-dir", type=Path, default=None, help="serve this local BERT MRPC checkpoint instead of fine-tuning")
     return parser
 
@@ -90,25 +101,28 @@ def _run(args: argparse.Namespace) -> int:
 
         print(init_tiny(args.out, seed=args.seed, force=args.force))
     elif args.command == "build":
-        from model_build.build import BUILD_VARIANTS, DEFAULT_INT8_TOLERANCE, BuildOptions, build
+        from model_build.build import DEFAULT_INT8_TOLERANCE, BuildOptions, build
 
         opts = BuildOptions(
             batch_size=args.batch_size,
             seq_len=args.seq_len,
             seq_buckets=tuple(int(b) for b in args.seq_buckets.split(",") if b.strip()),
-            variants=BUILD_VARIANTS if not args.variant or "all" in args.variant else tuple(dict.fromkeys(args.variant)),
+            variants=() if not args.variant or "all" in args.variant else tuple(dict.fromkeys(args.variant)),
             tolerance=DEFAULT_INT8_TOLERANCE if args.tolerance is None else args.tolerance,
             two_step=args.two_step,
             attn_implementation=args.attn,
             name=args.name,
             force=args.force,
+            calibration_data=args.calibration_data,
+            calibration_pairs=args.calibration_pairs,
+            activation_bits=args.activation_bits,
         )
         manifests = build(args.model_dir, args.out, opts)
-        print(f"{'variant':10s} {'MB':>8s} {'max|dlogit|':>12s} {'max|dscore|':>12s} {'argmax agree':>12s}  path")
+        print(f"{'variant':15s} {'MB':>8s} {'max|dlogit|':>12s} {'max|dscore|':>12s} {'argmax agree':>12s}  path")
         for variant, m in manifests.items():
             p = m["parity"]
             figures = f"{p['max_abs_logit_diff']:12.2e} {p['max_abs_score_diff']:12.2e} {p['argmax_agreement']:12.1%}"
-            print(f"{variant:10s} {m['model_bytes'] / 1e6:8.1f} {figures}  {args.out / variant}")
+            print(f"{variant:15s} {m['model_bytes'] / 1e6:8.1f} {figures}  {args.out / variant}")
     elif args.command == "inspect":
         from model_build.inspect_artifact import inspect, render
 
@@ -132,7 +146,7 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "evaluate":
         from model_build.evaluate import evaluate_artifacts, render_table
 
-        results = evaluate_artifacts(args.artifact, args.data_dir, split=args.split, limit=args.limit)
+        results = evaluate_artifacts(args.artifact, args.data_dir, split=args.split, limit=args.limit, padding=args.padding)
         print(render_table(results))
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -16,12 +16,12 @@ from model_build.mrpc import split_path
 log = logging.getLogger(__name__)
 
 DEFAULT_NAME = "minilm-l6-mrpc"
-SERVED_VARIANTS = ("fp32", "int8")
+SERVED_VARIANTS = ("fp32", "int8", "int8-calibrated")
 
 
-def _cached(artifacts: Path, config_sha256: str | None) -> bool:
+def _cached(artifacts: Path, config_sha256: str | None, variants: tuple[str, ...]) -> bool:
     try:
-        manifests = [verify_artifact(artifacts / v) for v in SERVED_VARIANTS]
+        manifests = [verify_artifact(artifacts / v) for v in variants]
     except ArtifactError as exc:
         if artifacts.exists():
             log.warning("cached artifacts are not usable (%s); rebuilding", exc)
@@ -30,7 +30,7 @@ def _cached(artifacts: Path, config_sha256: str | None) -> bool:
 
 
 def ensure_default_artifacts(cache: Path, data_dir: Path, model_dir: Path | None = None) -> Path:
-    """Return a folder holding verified fp32 and int8 (plus debug, eager-int8) artifacts, building them if needed.
+    """Return a folder holding verified fp32, int8 and int8-calibrated (plus debug, eager-int8) artifacts, building them if needed.
 
     With `model_dir` (any local BERT MRPC checkpoint) the fine-tuning is skipped; its artifacts are cached under a
     key of its path, and rebuilt when its config.json changes.
@@ -44,7 +44,15 @@ def ensure_default_artifacts(cache: Path, data_dir: Path, model_dir: Path | None
         checkpoint = root / "checkpoint"
         expected = config_hash(checkpoint) if (checkpoint / "config.json").is_file() else None
     artifacts = root / "artifacts"
-    if expected is not None and _cached(artifacts, expected):
+    calibration: Path | None = data_dir
+    try:
+        split_path(data_dir, "train")
+    except BuildError:
+        if model_dir is not None:  # fine-tuning needs MRPC anyway; a given checkpoint can go without int8-calibrated
+            log.warning("no MRPC train split in %s: building without int8-calibrated (it calibrates on MRPC train)", data_dir)
+            calibration = None
+    served = SERVED_VARIANTS if calibration is not None else tuple(v for v in SERVED_VARIANTS if v != "int8-calibrated")
+    if expected is not None and _cached(artifacts, expected, served):
         log.info("using cached artifacts in %s", artifacts)
         return artifacts
     if model_dir is None and not (checkpoint / "config.json").is_file():
@@ -54,7 +62,7 @@ def ensure_default_artifacts(cache: Path, data_dir: Path, model_dir: Path | None
         report = finetune(data_dir, checkpoint, force=True)
         log.info("fine-tuned: dev F1 %.4f, accuracy %.4f", report.best_dev_f1, report.best_dev_accuracy)
     log.info("building artifacts from %s", checkpoint)
-    build(checkpoint, artifacts, BuildOptions(name=name, force=True))
-    if not _cached(artifacts, config_hash(checkpoint)):
+    build(checkpoint, artifacts, BuildOptions(name=name, force=True, calibration_data=calibration))
+    if not _cached(artifacts, config_hash(checkpoint), served):
         raise BuildError(f"artifacts in {artifacts} did not verify after building")
     return artifacts

@@ -16,9 +16,18 @@ TUTORIAL = {"fp32": {"f1": 0.901, "size_mb": 438}, "int8": {"f1": 0.902, "size_m
 
 
 def evaluate_artifacts(
-    artifact_dirs: Sequence[Path], data_dir: Path, *, split: str = "dev", limit: int | None = None, threads: int = 1
+    artifact_dirs: Sequence[Path],
+    data_dir: Path,
+    *,
+    split: str = "dev",
+    limit: int | None = None,
+    threads: int = 1,
+    padding: str = "fixed",
 ) -> list[dict[str, Any]]:
-    """Evaluate each artifact on one MRPC split; returns one result row per artifact."""
+    """Evaluate each artifact on one MRPC split, 8 pairs at a time in file order; one result row per artifact.
+
+    `padding` defaults to the tutorial's fixed 8x128 so times compare across variants; "auto" is what the service does.
+    """
     from app.runtime import Runtime
 
     pairs = load_split(data_dir, split)[:limit]
@@ -26,7 +35,7 @@ def evaluate_artifacts(
     labels = [p.label for p in pairs]
     results = []
     for artifact_dir in artifact_dirs:
-        runtime = Runtime.load(artifact_dir, threads=threads)
+        runtime = Runtime.load(artifact_dir, threads=threads, padding=padding)  # type: ignore[arg-type]
         runtime.warm_up(1)
         rows = runtime.encode(texts)
         scores: list[float] = []
@@ -52,6 +61,7 @@ def evaluate_artifacts(
                 "seconds_per_batch": forward_seconds / len(batches),
                 "threads": threads,
                 "trace_shape": runtime.manifest["trace_shape"],
+                "padding": runtime.padding,
             }
         )
     return results
@@ -60,14 +70,14 @@ def evaluate_artifacts(
 def render_table(results: Sequence[dict[str, Any]]) -> str:
     """The tutorial's comparison table, one row per artifact, with the tutorial's own figures beside."""
     head = (
-        f"{'variant':11s} {'size MB':>8s} {'F1':>7s} {'acc':>7s} {'time s':>8s} {'s/batch':>8s}"
+        f"{'variant':15s} {'size MB':>8s} {'F1':>7s} {'acc':>7s} {'time s':>8s} {'s/batch':>8s}"
         f"  {'tutorial F1':>11s} {'tutorial MB':>11s}  artifact"
     )
     lines = [head, "-" * len(head)]
     for r in results:
         ref = TUTORIAL.get(r["variant"], {})
         lines.append(
-            f"{r['variant']:11s} {r['model_bytes'] / 1e6:8.1f} {r['f1']:7.4f} {r['accuracy']:7.4f} {r['inference_seconds']:8.2f} "
+            f"{r['variant']:15s} {r['model_bytes'] / 1e6:8.1f} {r['f1']:7.4f} {r['accuracy']:7.4f} {r['inference_seconds']:8.2f} "
             f"{r['seconds_per_batch']:8.3f}  {ref.get('f1', float('nan')):11.3f} {ref.get('size_mb', float('nan')):11.0f}  {r['artifact']}"
         )
     return "\n".join(lines)

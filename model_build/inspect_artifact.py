@@ -74,7 +74,7 @@ def inspect(artifact_dir: Path) -> dict[str, Any]:
         "model_bytes": manifest["model_bytes"],
         "manifest": manifest,
         "op_counts": op_counts(module),
-        "int8_weights": weight_summaries(module, manifest.get("linear_layers")) if manifest["variant"] in ("int8", "eager-int8") else [],
+        "int8_weights": weight_summaries(module, manifest.get("linear_layers")) if manifest["variant"] != "fp32" else [],
     }
 
 
@@ -103,5 +103,18 @@ def render(report: dict[str, Any]) -> str:
             shape = "x".join(map(str, row["shape"]))
             zps = ",".join(map(str, row["zero_points"][:4])) + ("..." if len(row["zero_points"]) > 4 else "")
             lines.append(f"  {row['layer']:60s} {shape:>12s} {row['qscheme']:22s} {row['scale_min']:10.3g} {row['scale_max']:10.3g} {zps}")
+    if manifest.get("activation_ranges"):
+        lines += ["", "fixed int8 activation ranges (calibrated):", f"  {'layer':60s} {'min':>9s} {'max':>9s} {'scale':>10s} zero point"]
+        lines += [
+            f"  {r['layer']:60s} {r['min']:9.3f} {r['max']:9.3f} {r['scale']:10.4g} {r['zero_point']}"
+            for r in manifest["activation_ranges"]
+        ]
+    invariance = manifest.get("batch_invariance") or {}
+    if invariance:
+        lines += [
+            "",
+            f"batch-invariant: {invariance['batch_invariant']} (a row's logits alone vs in {invariance['shapes']} batch shapes: "
+            f"max |difference| {invariance['max_abs_logit_diff']:.3g}, allowed {invariance['tolerance']:g})",
+        ]
     lines += ["", "manifest:", json.dumps(manifest, indent=2, sort_keys=True)]
     return "\n".join(lines)

@@ -40,15 +40,15 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_artifacts(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """fp32, int8, debug and eager-int8 artifacts of the tiny checkpoint (read-only for tests)."""
-    from model_build.build import BuildOptions, build
-
-    out = tmp_path_factory.mktemp("artifacts") / "tiny"
-    build(tiny_checkpoint, out, BuildOptions(name="tiny"))
-    return out
+def mrpc_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_mrpc(tmp_path_factory.mktemp("mrpc"))
 
 
 @pytest.fixture(scope="session")
-def mrpc_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_mrpc(tmp_path_factory.mktemp("mrpc"))
+def tiny_artifacts(tiny_checkpoint: Path, mrpc_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every variant of the tiny checkpoint, int8-calibrated on `mrpc_dir` (read-only for tests)."""
+    from model_build.build import BuildOptions, build
+
+    out = tmp_path_factory.mktemp("artifacts") / "tiny"
+    build(tiny_checkpoint, out, BuildOptions(name="tiny", calibration_data=mrpc_dir))
+    return out

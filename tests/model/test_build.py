@@ -9,9 +9,11 @@ import torch
 
 from model_build import artifact
 from model_build.build import BuildOptions, build_variants, count_linears, op_counts, quantize_int8, run, trace
+from model_build.calibration import FIXED_RANGE_OP
 from model_build.checkpoint import load_for_tracing
 from model_build.cli import main
 from model_build.encoding import PairEncoder, pad_batch
+from model_build.errors import BuildError
 from model_build.parity_pairs import PARITY_PAIRS
 from model_build.quiet import deprecations_silenced
 
@@ -26,7 +28,7 @@ def _batches(ckpt, tmp_path: Path):
 
 
 def test_all_variants_are_written_with_a_manifest_that_matches(tiny_artifacts: Path):
-    assert sorted(p.name for p in tiny_artifacts.iterdir()) == ["debug", "eager-int8", "fp32", "int8"]
+    assert sorted(p.name for p in tiny_artifacts.iterdir()) == ["debug", "eager-int8", "fp32", "int8", "int8-calibrated"]
     for folder in tiny_artifacts.iterdir():
         manifest = json.loads((folder / "manifest.json").read_text())
         model = folder / "model.pt"
@@ -56,6 +58,48 @@ def test_int8_graph_has_one_dynamic_quantized_linear_per_linear_layer(tiny_artif
     assert "quantized::linear_dynamic" not in op_counts(fp32)
     manifest = json.loads((tiny_artifacts / "debug" / "manifest.json").read_text())
     assert manifest["op_counts"]["aten::quantize_per_channel"] == TINY_LINEARS
+    with deprecations_silenced():
+        calibrated = op_counts(torch.jit.load(str(tiny_artifacts / "int8-calibrated" / "model.pt")))
+    assert calibrated[FIXED_RANGE_OP] == TINY_LINEARS
+    assert "quantized::linear_dynamic" not in calibrated and "aten::linear" not in calibrated
+
+
+def test_int8_calibrated_records_its_ranges_and_passes_the_invariance_check(tiny_artifacts: Path):
+    manifest = json.loads((tiny_artifacts / "int8-calibrated" / "manifest.json").read_text())
+    ranges = manifest["activation_ranges"]
+    assert [r["layer"] for r in ranges] == manifest["linear_layers"]
+    assert all(r["min"] <= 0 <= r["max"] and r["max"] > r["min"] and 0 <= r["zero_point"] <= 255 for r in ranges)
+    assert manifest["qconfig"]["activation_bits"] == 8 and manifest["qconfig"]["op"] == FIXED_RANGE_OP
+    for variant, invariant in (("fp32", True), ("int8-calibrated", True), ("int8", False)):
+        check = json.loads((tiny_artifacts / variant / "manifest.json").read_text())["batch_invariance"]
+        assert check["batch_invariant"] is invariant and check["shapes"] == 32
+        assert (check["max_abs_logit_diff"] <= check["tolerance"]) is invariant, (variant, check)
+
+
+def test_activation_qparams_span_the_calibrated_range():
+    from model_build.calibration import activation_ranges
+
+    ranges = {"a": (-1.0, 3.0)}
+    eight, seven = activation_ranges(ranges, ["a"], 8)[0], activation_ranges(ranges, ["a"], 7)[0]
+    assert eight.scale == pytest.approx(4 / 255, rel=1e-5) and eight.zero_point == 64
+    assert seven.scale == pytest.approx(4 / 127, rel=1e-5) and seven.zero_point == 32
+    with pytest.raises(BuildError, match="activation bits must be 7 or 8"):
+        activation_ranges(ranges, ["a"], 4)
+
+
+def test_this_cpus_int8_kernel_is_exact_at_8_bit_activations():
+    from model_build.calibration import int8_kernel_exact
+
+    assert int8_kernel_exact()  # AVX512-VNNI here; the build and the runtime refuse 8 bits where it is not
+
+
+def test_fixing_ranges_needs_one_range_per_linear(tiny_checkpoint: Path, tmp_path: Path):
+    from model_build.calibration import ActivationRange, fix_activation_ranges
+
+    ckpt = load_for_tracing(tiny_checkpoint)
+    module = quantize_int8(trace(ckpt.model, _batches(ckpt, tmp_path)[0]))
+    with pytest.raises(BuildError, match=f"{TINY_LINEARS} quantized::linear_dynamic ops in the graph but 1 calibrated"):
+        fix_activation_ranges(module, [ActivationRange("x", -1.0, 1.0, 0.01, 128)])
 
 
 def test_saved_artifacts_reload_and_reproduce_the_eager_model(tiny_artifacts: Path, tiny_checkpoint: Path, tmp_path: Path):
@@ -125,6 +169,14 @@ def test_cli_build_and_inspect(tiny_checkpoint: Path, tmp_path: Path, capsys: py
     report = json.loads(capsys.readouterr().out)
     assert len(report["int8_weights"]) == TINY_LINEARS
     assert all(w["qscheme"] == "per_channel_affine" and w["scale_max"] > 0 for w in report["int8_weights"])
+    assert report["manifest"]["batch_invariance"]["batch_invariant"] is False
+
+
+def test_inspect_shows_calibrated_ranges(tiny_artifacts: Path, capsys: pytest.CaptureFixture[str]):
+    assert _cli("inspect", str(tiny_artifacts / "int8-calibrated")) == 0
+    text = capsys.readouterr().out
+    assert f"{TINY_LINEARS:6d}  {FIXED_RANGE_OP}" in text
+    assert "fixed int8 activation ranges (calibrated):" in text and "batch-invariant: True" in text
 
 
 def _assert_error(capsys: pytest.CaptureFixture[str], code: int, pattern: str) -> None:
@@ -170,6 +222,15 @@ def test_bad_checkpoints_exit_2_and_leave_nothing(
     code = _cli("build", "--model-dir", str(ckpt), "--out", str(out_parent / "a"))
     _assert_error(capsys, code, pattern)
     assert list(out_parent.iterdir()) == []  # no artifact, no staging folder
+
+
+def test_int8_calibrated_needs_calibration_data(tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    out = tmp_path / "a"
+    code = _cli("build", "--model-dir", str(tiny_checkpoint), "--out", str(out), "--variant", "int8-calibrated")
+    _assert_error(capsys, code, r"int8-calibrated needs MRPC train pairs to calibrate on: pass --calibration-data DIR")
+    code = _cli("build", "--model-dir", str(tiny_checkpoint), "--out", str(out), "--calibration-data", str(tmp_path / "none"))
+    _assert_error(capsys, code, r"MRPC")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_existing_out_needs_force_and_failed_verification_writes_nothing(

@@ -127,17 +127,19 @@ def test_length_sorted_batches_cover_every_example_once():
     assert max(spreads) < max(lengths) - min(lengths)  # batches group similar lengths
 
 
-def test_ensure_default_builds_once_then_reuses_and_rebuilds_a_tampered_cache(tiny_checkpoint: Path, tmp_path: Path):
+def test_ensure_default_builds_once_then_reuses_and_rebuilds_a_tampered_cache(tiny_checkpoint: Path, mrpc_dir: Path, tmp_path: Path):
     from model_build.default_model import ensure_default_artifacts
 
     cache = tmp_path / "cache"
-    first = ensure_default_artifacts(cache, tmp_path / "no-mrpc-needed", model_dir=tiny_checkpoint)
-    assert {p.name for p in first.iterdir()} >= {"fp32", "int8"}
+    first = ensure_default_artifacts(cache, tmp_path / "no-mrpc", model_dir=tiny_checkpoint)
+    assert {p.name for p in first.iterdir()} == {"fp32", "int8", "debug", "eager-int8"}  # nothing to calibrate on
+    assert ensure_default_artifacts(cache, mrpc_dir, model_dir=tiny_checkpoint) == first
+    assert (first / "int8-calibrated" / "manifest.json").is_file()  # MRPC now given: rebuilt with it
     stamp = (first / "int8" / "manifest.json").stat().st_mtime_ns
-    assert ensure_default_artifacts(cache, tmp_path, model_dir=tiny_checkpoint) == first
+    assert ensure_default_artifacts(cache, mrpc_dir, model_dir=tiny_checkpoint) == first
     assert (first / "int8" / "manifest.json").stat().st_mtime_ns == stamp  # reused, not rebuilt
     (first / "int8" / "model.pt").write_bytes(b"tampered")
-    assert ensure_default_artifacts(cache, tmp_path, model_dir=tiny_checkpoint) == first
+    assert ensure_default_artifacts(cache, mrpc_dir, model_dir=tiny_checkpoint) == first
     assert (first / "int8" / "manifest.json").stat().st_mtime_ns != stamp
 
 
