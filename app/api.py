@@ -95,6 +95,7 @@ def build_router(settings: Settings) -> APIRouter:
             sha256=rt.sha256,
             model_bytes=rt.model_bytes,
             trace_shape=rt.manifest["trace_shape"],
+            padding=rt.padding,
             manifest=rt.manifest,
             settings=settings.model_dump(mode="json"),
         )

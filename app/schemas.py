@@ -86,5 +86,6 @@ class ModelInfo(BaseModel):
     sha256: str
     model_bytes: int
     trace_shape: dict[str, int]
+    padding: str = Field(description="Effective padding: fixed (the trace shape) or buckets (what `auto` chose, if set)")
     manifest: dict[str, Any]
     settings: dict[str, Any]

@@ -72,6 +72,30 @@ def test_concurrent_requests_share_batches(int8_dir: Path, runtime: GatedRuntime
     assert samples["paraserve_batch_rows_count"] < 8  # fewer batches than requests: they were shared
 
 
+def test_int8_calibrated_answers_a_pair_the_same_alone_or_in_any_batch(tiny_artifacts: Path):
+    """The default artifact under auto padding (buckets): companions and padding do not move a pair's score."""
+    artifact = tiny_artifacts / "int8-calibrated"
+    app = create_app(settings_for(artifact, max_batch_wait_ms=50), registry=CollectorRegistry())
+    others = [{"sentence1": a, "sentence2": b} for a, b in PARITY_PAIRS]
+
+    async def scenario() -> tuple[float, list[float], str]:
+        from asgi_lifespan import LifespanManager
+
+        async with LifespanManager(app) as manager:
+            transport = httpx.ASGITransport(app=manager.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+                alone = (await c.post("/predict", json={"pairs": [PAIR]})).json()["predictions"][0]["score"]
+                mixed = await asyncio.gather(
+                    *(c.post("/predict", json={"pairs": [*others[i : i + k], PAIR]}) for i, k in ((0, 3), (4, 7), (9, 1), (2, 0)))
+                )
+                padding = (await c.get("/model")).json()["padding"]
+                return alone, [r.json()["predictions"][-1]["score"] for r in mixed], padding
+
+    alone, mixed, padding = asyncio.run(scenario())
+    assert padding == "buckets"
+    assert mixed == pytest.approx([alone] * len(mixed), abs=1e-6)
+
+
 def test_a_full_queue_answers_429_with_retry_after(int8_dir: Path, runtime: GatedRuntime):
     app = create_app(settings_for(int8_dir, queue_capacity=8, max_batch_wait_ms=0), runtime=runtime, registry=CollectorRegistry())
     with TestClient(app) as client:
@@ -136,6 +160,7 @@ def test_model_info(client: TestClient, runtime: GatedRuntime):
     assert info["variant"] == "int8" and info["sha256"] == runtime.sha256
     assert info["model_bytes"] == runtime.model_bytes
     assert info["trace_shape"] == {"batch_size": 8, "seq_len": 128}
+    assert info["padding"] == "fixed" and info["settings"]["padding"] == "auto"  # dynamic int8 is not batch-invariant
     assert info["settings"]["max_pairs_per_request"] == 64
     assert info["manifest"]["qconfig"]["qconfig"] == "per_channel_dynamic_qconfig"
 

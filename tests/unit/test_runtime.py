@@ -39,7 +39,49 @@ def test_buckets_only_use_shapes_the_manifest_verified(tiny_artifacts: Path):
 
 
 def test_bucketed_fp32_scores_equal_fixed_padding(tiny_artifacts: Path):
-    fixed = Runtime.load(tiny_artifacts / "fp32")
+    fixed = Runtime.load(tiny_artifacts / "fp32", padding="fixed")
     bucketed = Runtime.load(tiny_artifacts / "fp32", padding="buckets")
     pairs = list(PARITY_PAIRS)
     assert bucketed.predict(pairs) == pytest.approx(fixed.predict(pairs), abs=1e-5)  # fp32: padding is masked out exactly
+
+
+@pytest.mark.parametrize(
+    ("variant", "padding"), [("fp32", "buckets"), ("int8-calibrated", "buckets"), ("int8", "fixed"), ("eager-int8", "fixed")]
+)
+def test_auto_padding_buckets_only_artifacts_built_batch_invariant(tiny_artifacts: Path, variant: str, padding: str):
+    assert Runtime.load(tiny_artifacts / variant).padding == padding
+    assert Runtime.load(tiny_artifacts / variant, padding="fixed").padding == "fixed"  # an explicit choice wins
+
+
+def test_int8_calibrated_refuses_an_engine_or_cpu_it_cannot_run_on(tiny_artifacts: Path, monkeypatch: pytest.MonkeyPatch):
+    import torch
+
+    from model_build.artifact import ArtifactError
+
+    engine = torch.backends.quantized.engine
+    try:
+        with pytest.raises(ArtifactError, match="runs on the x86 or fbgemm quantized engine, not onednn"):
+            Runtime.load(tiny_artifacts / "int8-calibrated", quantized_engine="onednn")
+    finally:
+        torch.backends.quantized.engine = engine
+    monkeypatch.setattr("app.runtime.int8_kernel_exact", lambda: False)
+    with pytest.raises(ArtifactError, match="saturates 8-bit activations"):
+        Runtime.load(tiny_artifacts / "int8-calibrated")
+    Runtime.load(tiny_artifacts / "int8")  # dynamic int8 has no such need
+
+
+def test_int8_calibrated_scores_do_not_depend_on_companions_or_padding(tiny_artifacts: Path):
+    """The point of the variant: dynamic int8 moves a pair's score with its batch; calibrated int8 does not."""
+    pairs = list(PARITY_PAIRS)
+    target = [pairs[0]]
+    for variant, invariant in (("int8-calibrated", True), ("int8", False)):
+        fixed = Runtime.load(tiny_artifacts / variant, padding="fixed")
+        bucketed = Runtime.load(tiny_artifacts / variant, padding="buckets")
+        scores = [
+            fixed.predict(target)[0],  # alone, padded to 8x128
+            fixed.predict(target + pairs[9:16])[0],  # with seven other pairs
+            bucketed.predict(target)[0],  # alone at 1x32
+            bucketed.predict(target + pairs[1:8])[0],  # with others, at a wider bucket
+        ]
+        spread = max(scores) - min(scores)
+        assert (spread < 1e-6) is invariant, (variant, scores)
