@@ -13,6 +13,7 @@ import asyncio
 import concurrent.futures
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -38,15 +39,23 @@ CLIENTS = 4
 
 
 def raw_forward(artifact: Path, rows: list[Any], runs: int, threads: int = 1, engine: str | None = None) -> float:
-    """Median forward time of one full batch at the trace shape, as the service runs it (inference mode)."""
-    runtime = Runtime.load(artifact, threads=threads, quantized_engine=engine)
-    runtime.warm_up(2)
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        runtime.forward(rows[:8])
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    """Median forward time of one full batch at the trace shape, as the service runs it (inference mode).
+
+    The quantized engine is process-wide: it is put back afterwards, so one onednn measurement leaves the rest on x86.
+    """
+    previous = torch.backends.quantized.engine
+    try:
+        runtime = Runtime.load(artifact, threads=threads, padding="fixed", quantized_engine=engine or "x86")
+        runtime.warm_up(2)
+        times = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            runtime.forward(rows[:8])
+            times.append(time.perf_counter() - started)
+        return statistics.median(times)
+    finally:
+        torch.backends.quantized.engine = previous
+        torch.set_num_threads(1)
 
 
 async def idle_latency(url: str, pairs: list[tuple[str, str]]) -> dict[str, float]:
@@ -182,11 +191,27 @@ def _thread_kind(first_frame: str) -> str:
 
 
 def disagreements(a: dict[int, float], b: dict[int, float], pairs_count: int) -> dict[str, Any]:
-    """Label flips between two score maps over the pairs both saw."""
+    """Label flips between fixed-padding scores `a` and another run's `b`, over the pairs both saw."""
     common = sorted(set(a) & set(b))
-    flips = [{"pair": i, "fixed": a[i], "buckets": b[i]} for i in common if (a[i] >= 0.5) != (b[i] >= 0.5)]
+    flips = [{"pair": i, "fixed": a[i], "other": b[i]} for i in common if (a[i] >= 0.5) != (b[i] >= 0.5)]
     diffs = [abs(a[i] - b[i]) for i in common]
     return {"pairs_compared": len(common), "of": pairs_count, "label_flips": flips, "max_abs_score_diff": max(diffs, default=0.0)}
+
+
+def offline_flips(artifact: Path, pairs: list[tuple[str, str]]) -> dict[str, Any]:
+    """Deterministic, in-process: the dev set 8 at a time at fixed 8x128, vs bucketed shapes, vs shuffled companions."""
+    fixed_rt = Runtime.load(artifact, padding="fixed")
+    fixed = dict(enumerate(fixed_rt.predict(pairs)))
+    bucketed = dict(enumerate(Runtime.load(artifact, padding="buckets").predict(pairs)))
+    order = list(range(len(pairs)))
+    random.Random(0).shuffle(order)
+    shuffled = dict(zip(order, fixed_rt.predict([pairs[i] for i in order]), strict=True))
+    return {"buckets": disagreements(fixed, bucketed, len(pairs)), "shuffled_fixed": disagreements(fixed, shuffled, len(pairs))}
+
+
+# (artifact variant, padding): the tutorial's fixed 8x128 for each variant, then shape buckets.
+CONFIGS = [("fp32", "fixed"), ("int8", "fixed"), ("int8", "buckets"), ("int8-calibrated", "fixed"), ("int8-calibrated", "buckets")]
+RAW_RUNS = {"fp32": 10, "int8": 20, "int8-calibrated": 20}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, default=Path("../shared/data/mrpc"))
     parser.add_argument("--seconds", type=float, default=20.0, help="measured saturation window per configuration")
     parser.add_argument("--json", type=Path, default=Path("bench-out/service.json"))
-    parser.add_argument("--profile", type=Path, default=None, help="py-spy the int8 fixed server under load; write the breakdown here")
+    parser.add_argument("--profile", type=Path, default=None, help="py-spy the default server under load; write the breakdown here")
     args = parser.parse_args(argv)
     if args.profile and not Path(sys.executable).with_name("py-spy").exists():
         parser.error("--profile needs py-spy in this environment (it is in the dev extra: scripts/setup.sh)")
@@ -214,98 +239,107 @@ def main(argv: list[str] | None = None) -> int:
     }
     result["raw_forward_s"] = raw
 
-    configs = [("fp32", "fixed", {}), ("int8", "fixed", {}), ("int8", "buckets", {"padding": "buckets"})]
     served: dict[str, dict[str, Any]] = {}
-    for variant, padding, settings in configs:
+    scores: dict[str, dict[int, float]] = {}
+    for variant, padding in CONFIGS:
         name = f"{variant} {padding}"
         print(f"{name}: idle latency, then {CLIENTS} clients x 8 pairs for {args.seconds:.0f} s", flush=True)
         if padding == "fixed":  # raw forward right before and right after this server's run: machines drift
-            raw_runs = [raw_forward(args.artifacts / variant, rows, 10 if variant == "fp32" else 20)]
-        with running_server(args.artifacts / variant, **settings) as server:
+            raw_runs = [raw_forward(args.artifacts / variant, rows, RAW_RUNS[variant])]
+        with running_server(args.artifacts / variant, padding=padding) as server:
             idle = asyncio.run(idle_latency(server.url, pairs))
             sat = asyncio.run(saturate(server.url, pairs, args.seconds))
         if padding == "fixed":
-            raw_runs.append(raw_forward(args.artifacts / variant, rows, 10 if variant == "fp32" else 20))
+            raw_runs.append(raw_forward(args.artifacts / variant, rows, RAW_RUNS[variant]))
             raw[variant] = statistics.mean(raw_runs)
             print(f"  raw forward {raw_runs[0] * 1000:.1f} ms before, {raw_runs[1] * 1000:.1f} ms after", flush=True)
-        served[name] = {"idle": idle, **{k: v for k, v in sat.items() if k != "scores"}}
-        served[name]["_scores"] = sat["scores"]
+        scores[name] = sat.pop("scores")
+        served[name] = {"idle": idle, **sat}
         print(f"  idle p50 {idle['p50_s'] * 1000:.1f} ms; {sat['pairs_per_s']:.1f} pairs/s; rows/batch {sat['mean_batch_rows']:.2f}; "
               f"token fill {sat['mean_token_fill']:.1%}", flush=True)  # fmt: skip
 
     if args.profile:  # a separate run: py-spy's sampling costs CPU the measured runs must not lose
-        print(f"int8 fixed under py-spy for {args.seconds:.0f} s", flush=True)
-        with running_server(args.artifacts / "int8") as server:
+        print(f"int8-calibrated (the default) under py-spy for {args.seconds:.0f} s", flush=True)
+        with running_server(args.artifacts / "int8-calibrated") as server:
             profiler = concurrent.futures.ThreadPoolExecutor(1).submit(_profile_later, server.process.pid, args)
             asyncio.run(saturate(server.url, pairs, args.seconds))
             result["profile"] = profiler.result()
 
-    flips = disagreements(served["int8 fixed"].pop("_scores"), served["int8 buckets"].pop("_scores"), len(pairs))
-    served["fp32 fixed"].pop("_scores")
-    int8_fixed, int8_buckets, fp32_fixed = served["int8 fixed"], served["int8 buckets"], served["fp32 fixed"]
-    # Offline, deterministic: the dev set in order, 8 at a time, fixed 8x128 vs bucketed shapes.
-    fixed_rt = Runtime.load(args.artifacts / "int8")
-    bucket_rt = Runtime.load(args.artifacts / "int8", padding="buckets")
-    offline = disagreements(dict(enumerate(fixed_rt.predict(pairs))), dict(enumerate(bucket_rt.predict(pairs))), len(pairs))
-    tolerance = json.loads((args.artifacts / "int8" / "manifest.json").read_text())["parity"]["max_abs_score_diff"]
-    summary = {
-        "service_over_raw_fp32": fp32_fixed["pairs_per_s"] / (8 / raw["fp32"]),
-        "service_over_raw_int8": int8_fixed["pairs_per_s"] / (8 / raw["int8"]),
-        "service_over_server_forward_fp32": fp32_fixed["over_server_forward"],
-        "service_over_server_forward_int8": int8_fixed["over_server_forward"],
-        "idle_p50_minus_forward_int8_s": int8_fixed["idle"]["p50_s"] - raw["int8"],
-        "idle_p50_minus_forward_fp32_s": fp32_fixed["idle"]["p50_s"] - raw["fp32"],
-        "idle_overhead_p50_int8_s": int8_fixed["idle"]["overhead_p50_s"],
-        "idle_overhead_p50_fp32_s": fp32_fixed["idle"]["overhead_p50_s"],
-        "buckets_over_fixed_int8": int8_buckets["pairs_per_s"] / int8_fixed["pairs_per_s"],
-        "int8_over_fp32_fixed": int8_fixed["pairs_per_s"] / fp32_fixed["pairs_per_s"],
-        "label_flips_served": len(flips["label_flips"]),
-        "label_flips_offline": len(offline["label_flips"]),
-        "score_tolerance": tolerance,
-        "flips_all_borderline": all(abs(f["fixed"] - 0.5) <= tolerance for f in flips["label_flips"] + offline["label_flips"]),
-    }
-    result.update(served=served, flips_served=flips, flips_offline=offline, summary=summary)
-
-    print("\n| | fp32 fixed | int8 fixed | int8 buckets |\n|---|---:|---:|---:|")
-    print(f"| raw forward, 8x128 (ms) | {raw['fp32'] * 1000:.1f} | {raw['int8'] * 1000:.1f} | |")
-    print(
-        "| forward in the server (ms per batch) | " + " | ".join(f"{served[n]['server_forward_mean_s'] * 1000:.1f}" for n in served) + " |"
-    )
-    print(f"| raw pairs/s (8 / forward) | {8 / raw['fp32']:.1f} | {8 / raw['int8']:.1f} | |")
-    print("| service pairs/s at saturation | " + " | ".join(f"{served[n]['pairs_per_s']:.1f}" for n in served) + " |")
-    print(f"| service / raw | {summary['service_over_raw_fp32']:.2f} | {summary['service_over_raw_int8']:.2f} | |")
-    print("| idle p50 (ms) | " + " | ".join(f"{served[n]['idle']['p50_s'] * 1000:.1f}" for n in served) + " |")
-    print("| rows per batch | " + " | ".join(f"{served[n]['mean_batch_rows']:.2f}" for n in served) + " |")
-    print("| real / padded tokens | " + " | ".join(f"{served[n]['mean_token_fill']:.1%}" for n in served) + " |")
-    print(
-        f"\nservice / raw: fp32 {summary['service_over_raw_fp32']:.2f}, int8 {summary['service_over_raw_int8']:.2f} (target >= 0.90); "
-        f"service / its own forward rate: fp32 {summary['service_over_server_forward_fp32']:.2f}, "
-        f"int8 {summary['service_over_server_forward_int8']:.2f}"
-    )
-    ms = {k: v * 1000 for k, v in summary.items() if k.startswith("idle_")}
-    print(
-        f"idle p50 - raw forward: int8 {ms['idle_p50_minus_forward_int8_s']:+.1f} ms, fp32 {ms['idle_p50_minus_forward_fp32_s']:+.1f} ms "
-        f"(target <= +10 ms); p50 of latency - the server's own forward: int8 {ms['idle_overhead_p50_int8_s']:+.1f} ms, "
-        f"fp32 {ms['idle_overhead_p50_fp32_s']:+.1f} ms"
-    )
-    print(f"buckets / fixed throughput (int8, {source}): {summary['buckets_over_fixed_int8']:.2f}x (target >= 1.8)")
-    print(f"label flips vs fixed padding: served {summary['label_flips_served']} of {flips['pairs_compared']}, "
-          f"offline {summary['label_flips_offline']} of {offline['pairs_compared']}; all within the int8 score tolerance "
-          f"{tolerance:.3f} of 0.5: {summary['flips_all_borderline']}")  # fmt: skip
-    for f in flips["label_flips"] + offline["label_flips"]:
-        print(f"  pair {f['pair']}: fixed {f['fixed']:.3f} buckets {f['buckets']:.3f}")
-    print(f"int8 / fp32 service throughput (fixed): {summary['int8_over_fp32_fixed']:.2f}x")
-    print(
-        f"raw int8 forward with the onednn engine: {raw['int8_onednn'] * 1000:.1f} ms; at 2 threads: {raw['int8_2_threads'] * 1000:.1f} ms"
-    )
+    summary: dict[str, Any] = {}
+    flips: dict[str, Any] = {}
+    for variant in ("fp32", "int8", "int8-calibrated"):
+        fixed = served[f"{variant} fixed"]
+        summary[f"service_over_raw_{variant}"] = fixed["pairs_per_s"] / (8 / raw[variant])
+        summary[f"service_over_server_forward_{variant}"] = fixed["over_server_forward"]
+        summary[f"idle_p50_minus_forward_{variant}_s"] = fixed["idle"]["p50_s"] - raw[variant]
+        summary[f"idle_overhead_p50_{variant}_s"] = fixed["idle"]["overhead_p50_s"]
+    for variant in ("int8", "int8-calibrated"):
+        # Borderline: a flipped pair whose fixed-padding score is within the variant's own int8-vs-fp32 score
+        # difference (measured by the build on the parity pairs) of 0.5.
+        tolerance = json.loads((args.artifacts / variant / "manifest.json").read_text())["parity"]["max_abs_score_diff"]
+        flips[variant] = {
+            "served": disagreements(scores[f"{variant} fixed"], scores[f"{variant} buckets"], len(pairs)),
+            **offline_flips(args.artifacts / variant, pairs),
+            "score_tolerance": tolerance,
+        }
+        found = flips[variant]["served"]["label_flips"] + flips[variant]["buckets"]["label_flips"]
+        summary[f"buckets_over_fixed_{variant}"] = served[f"{variant} buckets"]["pairs_per_s"] / served[f"{variant} fixed"]["pairs_per_s"]
+        summary[f"label_flips_served_{variant}"] = len(flips[variant]["served"]["label_flips"])
+        summary[f"label_flips_offline_{variant}"] = len(flips[variant]["buckets"]["label_flips"])
+        summary[f"label_flips_shuffled_fixed_{variant}"] = len(flips[variant]["shuffled_fixed"]["label_flips"])
+        summary[f"flips_all_borderline_{variant}"] = all(abs(f["fixed"] - 0.5) <= tolerance for f in found)
+    summary["default_over_tutorial_int8"] = served["int8-calibrated buckets"]["pairs_per_s"] / served["int8 fixed"]["pairs_per_s"]
+    summary["int8_over_fp32_fixed"] = served["int8 fixed"]["pairs_per_s"] / served["fp32 fixed"]["pairs_per_s"]
+    result.update(served=served, flips=flips, summary=summary)
+    print_report(served, raw, summary, flips, source)
     if "profile" in result:
-        print("\nwhere the int8 server's time goes under load (py-spy, share of wall time each thread is busy):")
+        print("\nwhere the default server's time goes under load (py-spy, share of wall time each thread is busy):")
         for k, v in sorted(result["profile"].items(), key=lambda kv: -kv[1]):
             print(f"  {k:24s} {v:6.1%}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {args.json}")
     return 0
+
+
+def print_report(served: dict[str, Any], raw: dict[str, float], summary: dict[str, Any], flips: dict[str, Any], source: str) -> None:
+    """The README's table, then the targets line by line."""
+    names = list(served)
+    raw_of = {n: raw.get(n.split()[0]) if n.endswith("fixed") else None for n in names}
+
+    def row(label: str, cells: list[str]) -> None:
+        print(f"| {label} | " + " | ".join(cells) + " |")
+
+    print("\n| | " + " | ".join(names) + " |\n|---|" + "---:|" * len(names))
+    row("raw forward, 8x128 (ms)", [f"{raw_of[n] * 1000:.1f}" if raw_of[n] else "" for n in names])
+    row("forward in the server (ms per batch)", [f"{served[n]['server_forward_mean_s'] * 1000:.1f}" for n in names])
+    row("service pairs/s at saturation", [f"{served[n]['pairs_per_s']:.1f}" for n in names])
+    row("service / raw (8 / forward)", [f"{served[n]['pairs_per_s'] / (8 / raw_of[n]):.2f}" if raw_of[n] else "" for n in names])
+    row("idle p50 (ms)", [f"{served[n]['idle']['p50_s'] * 1000:.1f}" for n in names])
+    row("rows per batch", [f"{served[n]['mean_batch_rows']:.2f}" for n in names])
+    row("real / padded tokens", [f"{served[n]['mean_token_fill']:.1%}" for n in names])
+    ratios = ", ".join(f"{v} {summary[f'service_over_raw_{v}']:.2f}" for v in ("fp32", "int8", "int8-calibrated"))
+    own = ", ".join(f"{v} {summary[f'service_over_server_forward_{v}']:.2f}" for v in ("fp32", "int8", "int8-calibrated"))
+    print(f"\nservice / raw: {ratios} (target >= 0.90); service / its own forward rate: {own}")
+    idle = ", ".join(f"{v} {summary[f'idle_p50_minus_forward_{v}_s'] * 1000:+.1f} ms" for v in ("fp32", "int8", "int8-calibrated"))
+    overhead = ", ".join(f"{v} {summary[f'idle_overhead_p50_{v}_s'] * 1000:+.1f} ms" for v in ("fp32", "int8", "int8-calibrated"))
+    print(f"idle p50 - raw forward: {idle} (target <= +10 ms); p50 of latency - the server's own forward: {overhead}")
+    for v in ("int8-calibrated", "int8"):
+        f = flips[v]
+        print(
+            f"{v}: buckets / fixed throughput ({source}) {summary[f'buckets_over_fixed_{v}']:.2f}x (target >= 1.8); label flips "
+            f"buckets vs fixed: served {summary[f'label_flips_served_{v}']} of {f['served']['pairs_compared']} (max |score diff| "
+            f"{f['served']['max_abs_score_diff']:.4f}), offline {summary[f'label_flips_offline_{v}']} of {f['buckets']['pairs_compared']} "
+            f"(max {f['buckets']['max_abs_score_diff']:.4f}); fixed vs fixed with shuffled batch companions: "
+            f"{summary[f'label_flips_shuffled_fixed_{v}']} (max {f['shuffled_fixed']['max_abs_score_diff']:.4f}); all flips within "
+            f"{f['score_tolerance']:.3f} of 0.5: {summary[f'flips_all_borderline_{v}']}"
+        )
+        for flip in f["served"]["label_flips"] + f["buckets"]["label_flips"]:
+            print(f"  pair {flip['pair']}: fixed {flip['fixed']:.3f} buckets {flip['other']:.3f}")
+    print(f"default (int8-calibrated, buckets) / tutorial int8 at 8x128: {summary['default_over_tutorial_int8']:.2f}x pairs/s")
+    print(f"int8 / fp32 service throughput (fixed): {summary['int8_over_fp32_fixed']:.2f}x")
+    onednn, two = raw["int8_onednn"] * 1000, raw["int8_2_threads"] * 1000
+    print(f"raw int8 forward with the onednn engine: {onednn:.1f} ms; at 2 threads: {two:.1f} ms")
 
 
 def _profile_later(pid: int, args: argparse.Namespace) -> dict[str, float]:
