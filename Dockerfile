@@ -1,5 +1,5 @@
-# paraserve: one image per model variant (VARIANT=int8|fp32), the verified artifact baked in.
-#   docker build --network host --build-arg VARIANT=int8 -t paraserve:int8 .
+# paraserve: one image per model variant (VARIANT=int8-calibrated|int8|fp32), the verified artifact baked in.
+#   docker build --network host --build-arg VARIANT=int8-calibrated -t paraserve:int8 .
 # torch comes from wheels/ when it holds torch-2.13.0 (scripts/fetch-torch-wheel.sh puts the CPU wheel there),
 # otherwise from PyTorch's CPU wheel index. A plain `pip install torch` would bring a multi-GB CUDA build.
 ARG PYTHON_IMAGE=python:3.11-slim
@@ -34,7 +34,7 @@ ENTRYPOINT ["python", "-m", "loadtest.compare"]
 FROM ${PYTHON_IMAGE} AS runtime
 RUN useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin paraserve
 COPY --from=builder /opt/venv /opt/venv
-ARG VARIANT=int8
+ARG VARIANT=int8-calibrated
 # A folder of the build context holding <variant>/ artifact folders (default: the README's run command's cache).
 ARG ARTIFACTS=model-cache/default/artifacts
 COPY ${ARTIFACTS}/${VARIANT}/ /models/${VARIANT}/

@@ -20,16 +20,17 @@ scripts/fetch-torch-wheel.sh >/dev/null
 
 if .venv/bin/python -c "
 import sys; from pathlib import Path; from model_build.artifact import verify_artifact
-[verify_artifact(Path('model-cache/default/artifacts') / v) for v in ('fp32', 'int8')]" 2>/dev/null; then
+[verify_artifact(Path('model-cache/default/artifacts') / v) for v in ('fp32', 'int8-calibrated')]" 2>/dev/null; then
     export ARTIFACTS=model-cache/default/artifacts
     say "using the cached default model"
 else
     export ARTIFACTS=model-cache/e2e-tiny/artifacts
-    if ! .venv/bin/python -c "from pathlib import Path; from model_build.artifact import verify_artifact; verify_artifact(Path('$ARTIFACTS/int8'))" 2>/dev/null; then
-        say "building a tiny model for the images"
+    if ! .venv/bin/python -c "from pathlib import Path; from model_build.artifact import verify_artifact; verify_artifact(Path('$ARTIFACTS/int8-calibrated'))" 2>/dev/null; then
+        say "building a tiny model for the images (calibrated on ${MRPC_DIR:-../shared/data/mrpc})"
         .venv/bin/python -m model_build --log-level WARNING init-tiny --out model-cache/e2e-tiny/checkpoint --force >/dev/null
         .venv/bin/python -m model_build --log-level WARNING build --model-dir model-cache/e2e-tiny/checkpoint --out "$ARTIFACTS" \
-            --variant fp32 --variant int8 --name tiny-e2e --force >/dev/null
+            --variant fp32 --variant int8-calibrated --calibration-data "${MRPC_DIR:-../shared/data/mrpc}" --calibration-pairs 64 \
+            --name tiny-e2e --force >/dev/null
     fi
 fi
 
@@ -65,20 +66,20 @@ for svc in int8 fp32; do
 done
 
 pair='{"pairs":[{"sentence1":"The cat sat on the mat.","sentence2":"A cat was sitting on the mat."}]}'
-for target in "int8:$INT8_PORT" "fp32:$FP32_PORT"; do
-    variant=${target%%:*} port=${target##*:}
+for target in "int8:$INT8_PORT:${INT8_VARIANT:-int8-calibrated}" "fp32:$FP32_PORT:fp32"; do
+    IFS=: read -r service port variant <<<"$target"
     body=$(curl -sS --max-time 30 -XPOST "http://127.0.0.1:$port/predict" -H 'content-type: application/json' -d "$pair") \
-        || { fail "$variant: /predict did not answer"; continue; }
+        || { fail "$service ($variant): /predict did not answer"; continue; }
     echo "$body" | python3 -c "
 import json, sys
 d = json.load(sys.stdin)
 p = d['predictions']
 assert len(p) == 1 and p[0]['label'] in ('paraphrase', 'not_paraphrase') and 0 <= p[0]['score'] <= 1, d
-assert d['model']['variant'] == '$variant', d" || fail "$variant: unexpected /predict answer: $body"
-    say "$variant answered: $body"
+assert d['model']['variant'] == '$variant', d" || fail "$service ($variant): unexpected /predict answer: $body"
+    say "$service ($variant) answered: $body"
     curl -sS --max-time 10 "http://127.0.0.1:$port/metrics" \
         | docker run --rm -i --entrypoint /bin/promtool prom/prometheus:v2.42.0 check metrics \
-        || fail "$variant: promtool check metrics found problems"
+        || fail "$service ($variant): promtool check metrics found problems"
 done
 
 say "waiting for Prometheus to scrape both targets"
