@@ -1,7 +1,8 @@
 """A bounded queue of pairs, one batch loop, and one model thread.
 
 Each request enqueues its rows at once (or is refused with Overloaded: never a wait for space). The loop takes
-the first row, waits until the batch is full or `max_wait` has passed since that row was queued, then runs the
+the first row, waits until the batch is full or `max_wait` has passed since that row was queued (only while some
+request is still being tokenized: with nothing on its way, a partial batch starts at once), then runs the
 batch on a dedicated single-thread executor while the event loop keeps accepting requests. Cancelled rows (the
 client went away) leave the queue immediately; an exception in a forward fails exactly that batch's rows.
 """
@@ -12,8 +13,9 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -78,6 +80,7 @@ class Batcher(Generic[RowT]):
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._batches = 0
+        self._incoming = 0
         self.failure: BaseException | None = None
 
     # ---- lifecycle ------------------------------------------------------------------------------------
@@ -129,6 +132,20 @@ class Batcher(Generic[RowT]):
         return done
 
     # ---- submission -----------------------------------------------------------------------------------
+
+    @contextmanager
+    def incoming(self) -> Iterator[None]:
+        """Announce a request on its way in (being tokenized), on the event loop.
+
+        A partial batch waits (up to max_wait from its first row) only while some request is on its way: waiting
+        when none is cannot fill the batch, it only adds max_wait to an idle request's latency.
+        """
+        self._incoming += 1
+        try:
+            yield
+        finally:
+            self._incoming -= 1
+            self._wakeup.set()
 
     def submit(self, items: Sequence[RowT]) -> list[asyncio.Future[RowResult]]:
         """Queue all of a request's rows, or none: Overloaded when they do not fit."""
@@ -184,7 +201,7 @@ class Batcher(Generic[RowT]):
                 await self._wakeup.wait()
                 continue
             deadline = self._queue[0].queued_at + self.max_wait_s
-            while len(self._queue) < self.batch_size and not self._closing:
+            while len(self._queue) < self.batch_size and not self._closing and self._incoming:
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:
                     break

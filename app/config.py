@@ -24,8 +24,9 @@ class Settings(BaseSettings):
         5.0,
         ge=0,
         le=1000,
-        description="How long the worker waits, from the first queued pair, for a batch to fill. Longer fills batches "
-        "at low load (the 8x128 forward costs the same full or not) but adds that much to idle latency.",
+        description="How long the worker waits, from the first queued pair, for a batch to fill while other requests "
+        "are on their way in (being tokenized); with none, a partial batch starts at once. Longer fills batches at "
+        "moderate load (the 8x128 forward costs the same full or not) but delays those batches by up to that much.",
     )
     queue_capacity: int = Field(
         256,

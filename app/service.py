@@ -98,7 +98,8 @@ class PredictionService:
         """Score pairs in order; raises Overloaded, ShuttingDown, InferenceFailed or ClientClosed."""
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
-        rows = await loop.run_in_executor(self._tokenizer_pool, self.runtime.encode, pairs)
+        with self.batcher.incoming():  # a partial batch may wait for these rows; none waits for nobody
+            rows = await loop.run_in_executor(self._tokenizer_pool, self.runtime.encode, pairs)
         self.metrics.tokenize_duration.observe(time.perf_counter() - started)
         futures = self.batcher.submit(rows)
         results = await self._await_or_leave(futures, disconnected)

@@ -55,19 +55,41 @@ def test_rows_of_concurrent_requests_share_batches_of_at_most_eight():
     assert results[0].batch_id == 1 and results[11].batch_id == 2
 
 
-def test_a_lone_row_waits_at_most_max_wait():
+def test_a_lone_row_waits_at_most_max_wait_while_a_request_is_on_its_way():
     async def scenario():
         batcher = make(FakeModel(), wait=0.05)
         batcher.start()
-        started = time.perf_counter()
-        (result,) = await asyncio.gather(*batcher.submit([1.0]))
-        elapsed = time.perf_counter() - started
+        with batcher.incoming():  # someone is tokenizing, and never arrives
+            started = time.perf_counter()
+            (result,) = await asyncio.gather(*batcher.submit([1.0]))
+            elapsed = time.perf_counter() - started
         await batcher.drain(1)
         return result, elapsed
 
     result, elapsed = asyncio.run(scenario())
     assert result.queue_seconds >= 0.045
     assert elapsed < 2.0  # generous: only "it did not wait for a full batch forever"
+
+
+def test_a_partial_batch_starts_at_once_when_no_request_is_on_its_way():
+    async def scenario():
+        model = FakeModel()
+        batcher = make(model, wait=5.0)
+        batcher.start()
+        (alone,) = await asyncio.wait_for(asyncio.gather(*batcher.submit([1.0])), 2)  # not 5 s
+        with batcher.incoming():
+            first = batcher.submit([2.0])
+            await asyncio.sleep(0.05)  # the batch waits for the request on its way ...
+            assert not first[0].done()
+        second = batcher.submit([3.0])  # ... which arrives: both run in one batch
+        results = await asyncio.wait_for(asyncio.gather(*first, *second), 2)
+        await batcher.drain(1)
+        return model, alone, results
+
+    model, alone, results = asyncio.run(scenario())
+    assert alone.queue_seconds < 1.0
+    assert model.batches == [[1.0], [2.0, 3.0]]
+    assert results[0].batch_id == results[1].batch_id
 
 
 def test_a_request_larger_than_a_batch_keeps_its_order():
