@@ -18,7 +18,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from locust import FastHttpUser, LoadTestShape, constant, events, task
+from locust import FastHttpUser, LoadTestShape, constant, task
 
 # (pairs per request, weight): mostly single pairs, some small and full batches, as clients really send.
 PAIRS_PER_REQUEST = ((1, 50), (2, 15), (3, 10), (4, 10), (6, 8), (8, 7))
@@ -86,38 +86,24 @@ class PredictUser(FastHttpUser):
 
 
 class BoundedShape(LoadTestShape):
-    """steady: LOAD_USERS after a short ramp; ramp: 5 equal steps up to LOAD_USERS. Ends after LOAD_DURATION_S."""
+    """steady: LOAD_USERS after a short ramp; ramp: 5 equal steps up to LOAD_USERS.
+
+    Ends after LOAD_DURATION_S or LOAD_MAX_REQUESTS requests, whichever comes first (checked at every tick, once a
+    second). Ending through the shape, not runner.quit() from a request hook, lets locust write its final CSVs.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.shape = os.environ.get("LOAD_SHAPE", "steady")
         self.users = max(1, int(os.environ.get("LOAD_USERS", "16")))
         self.duration = float(os.environ.get("LOAD_DURATION_S", "60"))
+        self.max_requests = int(os.environ.get("LOAD_MAX_REQUESTS", "500000"))
 
     def tick(self) -> tuple[int, float] | None:
         elapsed = self.get_run_time()
-        if elapsed >= self.duration:
+        if elapsed >= self.duration or self.runner.stats.total.num_requests >= self.max_requests:
             return None
         if self.shape == "ramp":
             step = min(4, int(5 * elapsed / self.duration))
             return max(1, round(self.users * (step + 1) / 5)), float(self.users)
         return self.users, float(max(1, self.users // 2))
-
-
-_STATE: dict[str, Any] = {"environment": None, "stopping": False}
-_MAX_REQUESTS = int(os.environ.get("LOAD_MAX_REQUESTS", "500000"))
-
-
-@events.init.add_listener
-def _remember_environment(environment: Any, **_: Any) -> None:
-    _STATE["environment"] = environment
-
-
-@events.request.add_listener
-def _stop_after_max_requests(**_: Any) -> None:
-    env = _STATE["environment"]
-    if _STATE["stopping"] or env is None or env.runner is None:
-        return
-    if env.stats.total.num_requests >= _MAX_REQUESTS:
-        _STATE["stopping"] = True
-        env.runner.quit()
