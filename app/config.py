@@ -43,7 +43,7 @@ class Settings(BaseSettings):
     padding: Literal["auto", "fixed", "buckets"] = Field(
         "auto",
         description="fixed: every batch is padded to the trace shape (8x128, the tutorial's way). buckets: rows to the "
-        "real count and columns to the smallest verified bucket (32/64/96/128), with batches grouped by length; about "
+        "real count and columns to the smallest verified bucket (16, 32, ... 128), with batches grouped by length; about "
         "2x the throughput. auto: buckets for artifacts the build showed batch-invariant (fp32, int8-calibrated: the "
         "same scores either way), fixed for dynamic int8, whose scores move with the batch's padding and companions.",
     )

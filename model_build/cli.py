@@ -37,7 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--batch-size", type=int, default=8)
     build.add_argument("--seq-len", type=int, default=128)
     build.add_argument(
-        "--seq-buckets", default="32,64,96,128", help="column buckets to verify for shape-bucketed serving (comma-separated; '' for none)"
+        "--seq-buckets",
+        default="16,32,48,64,80,96,112,128",
+        help="column buckets to verify for shape-bucketed serving (comma-separated; '' for none)",
     )
     build.add_argument("--tolerance", type=float, default=None, help="max |logit difference| int8 vs fp32 on the parity pairs")
     build.add_argument("--two-step", action="store_true", help="prepare_dynamic_jit + convert_dynamic_jit instead of quantize_dynamic_jit")

@@ -72,7 +72,7 @@ def test_int8_calibrated_records_its_ranges_and_passes_the_invariance_check(tiny
     assert manifest["qconfig"]["activation_bits"] == 8 and manifest["qconfig"]["op"] == FIXED_RANGE_OP
     for variant, invariant in (("fp32", True), ("int8-calibrated", True), ("int8", False)):
         check = json.loads((tiny_artifacts / variant / "manifest.json").read_text())["batch_invariance"]
-        assert check["batch_invariant"] is invariant and check["shapes"] == 32
+        assert check["batch_invariant"] is invariant and check["shapes"] == 64
         assert (check["max_abs_logit_diff"] <= check["tolerance"]) is invariant, (variant, check)
 
 
@@ -262,9 +262,9 @@ def test_init_tiny_refuses_to_overwrite(tmp_path: Path, capsys: pytest.CaptureFi
 
 def test_every_bucket_shape_is_verified_and_recorded(tiny_artifacts: Path):
     manifest = json.loads((tiny_artifacts / "int8" / "manifest.json").read_text())
-    assert len(manifest["verified_shapes"]) == 8 * 4
+    assert len(manifest["verified_shapes"]) == 8 * 8
     assert [1, 32] in manifest["verified_shapes"] and [8, 128] in manifest["verified_shapes"]
-    assert manifest["shape_parity"]["shapes"] == 32
+    assert manifest["shape_parity"]["shapes"] == 64
     assert manifest["shape_parity"]["max_abs_logit_diff"] <= manifest["shape_parity"]["tolerance"]
 
 
@@ -277,3 +277,13 @@ def test_a_shape_that_drifts_fails_by_name():
     assert check_shapes("int8", got, reference, 0.5)["max_abs_logit_diff"] == pytest.approx(0.2)
     with pytest.raises(VerificationError, match="shape check failed for int8 at 3x64"):
         check_shapes("int8", got, reference, 0.1)
+
+
+def test_buckets_no_parity_pair_fits_are_verified_with_truncated_pairs(tiny_artifacts: Path):
+    from model_build.build import short_rows
+
+    tokenizer = tiny_artifacts / "int8" / "tokenizer.json"
+    rows = [r for r in PairEncoder(tokenizer, 128).encode(PARITY_PAIRS) if len(r) > 16]  # as for a longer-winded model
+    extra = short_rows(tokenizer, rows, [(1, 16), (8, 128)])
+    assert extra and all(len(r) <= 16 and r.input_ids[0] == 101 and r.input_ids[-1] == 102 for r in extra)
+    assert short_rows(tokenizer, rows, [(8, 128)]) == []

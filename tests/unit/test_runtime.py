@@ -23,12 +23,12 @@ def test_fixed_padding_always_uses_the_trace_shape(tiny_artifacts: Path):
 
 def test_buckets_use_the_cheapest_verified_shape(tiny_artifacts: Path):
     rt = Runtime.load(tiny_artifacts / "int8", padding="buckets")
-    assert rt.columns == [32, 64, 96, 128]
-    assert rt.shape_for([row(5)]) == (1, 32)
-    assert rt.shape_for([row(5), row(33), row(7)]) == (3, 64)
+    assert rt.columns == [16, 32, 48, 64, 80, 96, 112, 128]
+    assert rt.shape_for([row(5)]) == (1, 16)
+    assert rt.shape_for([row(5), row(33), row(7)]) == (3, 48)
     assert rt.shape_for([row(128)] * 8) == (8, 128)
-    assert rt.columns_for(row(96)) == 96 and rt.columns_for(row(97)) == 128
-    assert rt.forward([row(40), row(10)]).padded.input_ids.shape == (2, 64)
+    assert rt.columns_for(row(96)) == 96 and rt.columns_for(row(97)) == 112
+    assert rt.forward([row(40), row(10)]).padded.input_ids.shape == (2, 48)
 
 
 def test_buckets_only_use_shapes_the_manifest_verified(tiny_artifacts: Path):
