@@ -32,6 +32,7 @@ from model_build.parity_pairs import PARITY_PAIRS
 
 CLIENT_TIMEOUT_S = 60.0  # generous: a request without an answer in a minute is "lost"
 MAX_REQUESTS_PER_PHASE = 200_000
+MIN_OVERLOAD_CLIENTS = 16  # two full batches of concurrent requests
 
 
 @dataclass
@@ -135,7 +136,8 @@ async def find_saturation(url: str, seconds: float) -> tuple[int, float]:
 
 
 async def overload(url: str, concurrency: int, seconds: float, report: Report) -> None:
-    print(f"\n== overload: {concurrency} concurrent clients (2x saturation) for {seconds:.0f} s", flush=True)
+    floor = MIN_OVERLOAD_CLIENTS
+    print(f"\n== overload: {concurrency} concurrent clients (2x saturation, at least {floor}) for {seconds:.0f} s", flush=True)
     tally = Tally()
     early = max(3.0, min(10.0, seconds / 6))
     task = asyncio.ensure_future(closed_loop(url, concurrency, seconds, tally=tally))
@@ -235,14 +237,17 @@ async def run(args: argparse.Namespace) -> bool:
     try:
         print(f"== saturation probe against {url}", flush=True)
         saturation, best = await find_saturation(url, 1.0 if args.quick else 4.0)
-        print(f"  saturates at {saturation} concurrent clients ({best:.1f} pairs/s)", flush=True)
-        await overload(url, 2 * saturation, 10.0 if args.quick else 60.0, report)
-        await clients_leave(url, saturation, report)
+        # At least two full batches of clients: with length buckets one client of single pairs can already keep the
+        # model busy, and two such clients would never fill a batch or build a queue.
+        heavy = max(2 * saturation, MIN_OVERLOAD_CLIENTS)
+        print(f"  saturates at {saturation} concurrent clients ({best:.1f} pairs/s); overload with {heavy}", flush=True)
+        await overload(url, heavy, 10.0 if args.quick else 60.0, report)
+        await clients_leave(url, heavy // 2, report)
     finally:
         if server is not None:
             server.stop(timeout=60)
     if args.spawn:
-        await shutdown_under_load(args.spawn, args.queue_capacity, 2 * saturation, 2.0 if args.quick else 5.0, report)
+        await shutdown_under_load(args.spawn, args.queue_capacity, heavy, 2.0 if args.quick else 5.0, report)
     print(f"\n{'PASS' if report.ok else 'FAIL'}: reliability checks", flush=True)
     return report.ok
 
