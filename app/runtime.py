@@ -12,8 +12,9 @@ from typing import Any, Literal
 import torch
 
 from model_build.artifact import ArtifactError, verify_artifact
-from model_build.calibration import FIXED_RANGE_ENGINES, int8_kernel_exact
+from model_build.calibration import require_fixed_range_kernel
 from model_build.encoding import EncodedPair, PaddedBatch, PairEncoder, pad_batch, paraphrase_scores
+from model_build.errors import BuildError
 from model_build.quiet import deprecations_silenced
 
 log = logging.getLogger(__name__)
@@ -143,17 +144,13 @@ class Runtime:
 
 
 def _check_int8_kernel(manifest: dict[str, Any]) -> None:
-    """int8-calibrated needs fbgemm-packed weights and, at 8-bit activations, an int8 GEMM that does not saturate."""
+    """The build's check for int8-calibrated, again here: the artifact may have been built on another machine."""
     if manifest["variant"] != "int8-calibrated":
         return
-    engine = torch.backends.quantized.engine
-    if engine not in FIXED_RANGE_ENGINES:
-        raise ArtifactError(f"int8-calibrated runs on the {' or '.join(FIXED_RANGE_ENGINES)} quantized engine, not {engine}")
-    bits = (manifest.get("qconfig") or {}).get("activation_bits", 8)
-    if bits == 8 and not int8_kernel_exact():
-        raise ArtifactError(
-            "this CPU's int8 kernel saturates 8-bit activations (no VNNI); rebuild int8-calibrated with --activation-bits 7"
-        )
+    try:
+        require_fixed_range_kernel((manifest.get("qconfig") or {}).get("activation_bits", 8))
+    except BuildError as exc:
+        raise ArtifactError(f"{manifest['name']} cannot run here: {exc}") from exc
 
 
 def _keep_freed_memory() -> bool:

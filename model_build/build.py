@@ -281,10 +281,7 @@ def check_batch_invariance(
 
 def calibrate(ckpt: Checkpoint, encoder: PairEncoder, layers: Sequence[str], opts: BuildOptions) -> list[calibration.ActivationRange]:
     """Activation ranges of every Linear over MRPC train pairs (for int8-calibrated)."""
-    if opts.activation_bits == 8 and not calibration.int8_kernel_exact():
-        raise BuildError(
-            f"this CPU's int8 kernel ({torch.backends.quantized.engine} engine) saturates 8-bit activations; build with --activation-bits 7"
-        )
+    calibration.require_fixed_range_kernel(opts.activation_bits)
     rows = calibration.calibration_rows(opts.calibration_data, encoder, opts.calibration_pairs)
     observed = calibration.observe_ranges(ckpt.model, rows, layers)
     return calibration.activation_ranges(observed, layers, opts.activation_bits)

@@ -135,3 +135,13 @@ def int8_kernel_exact() -> bool:
         packed = torch.ops.quantized.linear_prepack(weight, None)
         out = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(torch.ones(1, 64), 1 / 255, 0, packed)
     return bool(torch.allclose(out, torch.full_like(out, 64.0), atol=1e-3))
+
+
+def require_fixed_range_kernel(bits: int) -> None:
+    """What int8-calibrated needs of this process, checked by the build and at every load: fbgemm-packed weights
+    (the x86 or fbgemm engine) and, at 8-bit activations, an int8 GEMM that does not saturate."""
+    engine = torch.backends.quantized.engine
+    if engine not in FIXED_RANGE_ENGINES:
+        raise BuildError(f"int8-calibrated runs on the {' or '.join(FIXED_RANGE_ENGINES)} quantized engine, not {engine}")
+    if bits == 8 and not int8_kernel_exact():
+        raise BuildError("this CPU's int8 kernel saturates 8-bit activations (no VNNI): build int8-calibrated with --activation-bits 7")

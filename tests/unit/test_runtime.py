@@ -64,7 +64,7 @@ def test_int8_calibrated_refuses_an_engine_or_cpu_it_cannot_run_on(tiny_artifact
             Runtime.load(tiny_artifacts / "int8-calibrated", quantized_engine="onednn")
     finally:
         torch.backends.quantized.engine = engine
-    monkeypatch.setattr("app.runtime.int8_kernel_exact", lambda: False)
+    monkeypatch.setattr("model_build.calibration.int8_kernel_exact", lambda: False)
     with pytest.raises(ArtifactError, match="saturates 8-bit activations"):
         Runtime.load(tiny_artifacts / "int8-calibrated")
     Runtime.load(tiny_artifacts / "int8")  # dynamic int8 has no such need
