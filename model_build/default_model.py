@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from model_build.artifact import ArtifactError, verify_artifact
-from model_build.build import BuildOptions, build
+from model_build.build import BuildOptions, build, default_variants
 from model_build.checkpoint import config_hash, read_config
 from model_build.errors import BuildError
 from model_build.finetune import finetune
@@ -51,7 +51,7 @@ def ensure_default_artifacts(cache: Path, data_dir: Path, model_dir: Path | None
         if model_dir is not None:  # fine-tuning needs MRPC anyway; a given checkpoint can go without int8-calibrated
             log.warning("no MRPC train split in %s: building without int8-calibrated (it calibrates on MRPC train)", data_dir)
             calibration = None
-    served = SERVED_VARIANTS if calibration is not None else tuple(v for v in SERVED_VARIANTS if v != "int8-calibrated")
+    served = tuple(v for v in SERVED_VARIANTS if v in default_variants(calibration))
     if expected is not None and _cached(artifacts, expected, served):
         log.info("using cached artifacts in %s", artifacts)
         return artifacts
