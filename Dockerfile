@@ -16,8 +16,10 @@ RUN python -m venv /opt/venv \
       || pip install --index-url "$TORCH_INDEX_URL" torch==2.13.0; } \
  && python -c "import torch; assert torch.__version__.startswith('2.13.0') and not torch.cuda.is_available()"
 COPY pyproject.toml README.md ./
+COPY artifact/ artifact/
 COPY app/ app/
 COPY model_build/ model_build/
+COPY harness/ harness/
 COPY loadtest/ loadtest/
 # torch==2.13.0 is already satisfied, so this adds only the pure-Python stack and tokenizers.
 RUN pip install . && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} +

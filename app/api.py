@@ -12,9 +12,11 @@ from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.config import Settings
-from app.errors import NotReady, ShuttingDown, Unauthorized
+from app.errors import Unauthorized
 from app.schemas import ErrorResponse, ModelInfo, ModelRef, Prediction, PredictRequestBase, PredictResponse, Status, request_model
 from app.service import PredictionService
+from artifact.encoding import label_for
+from artifact.kernels import cpu_description
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
@@ -32,14 +34,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 async def get_service(request: Request) -> PredictionService:
-    """The running service, or 503 while it is starting or draining."""
-    service: PredictionService | None = getattr(request.app.state, "service", None)
-    if service is None:
-        raise NotReady("the model is not loaded yet")
-    if not service.is_ready:
-        if service.batcher.alive:
-            raise ShuttingDown("the service is shutting down")
-        raise NotReady("the model worker is not running")
+    """The running service; NotReady or ShuttingDown (503) unless it is ready."""
+    service: PredictionService = request.app.state.service
+    service.require_ready()
     return service
 
 
@@ -57,7 +54,7 @@ def build_router(settings: Settings) -> APIRouter:
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key):
-            raise Unauthorized("missing or invalid API key: send Authorization: Bearer <key>", headers={"WWW-Authenticate": "Bearer"})
+            raise Unauthorized("missing or invalid API key: send Authorization: Bearer <key>")
 
     protected = [Depends(require_key)]
     router = APIRouter()
@@ -69,7 +66,7 @@ def build_router(settings: Settings) -> APIRouter:
         outcome = await service.predict(pairs, disconnected=lambda: _wait_for_disconnect(request))
         _timing_headers(response, outcome.queue_seconds, outcome.inference_seconds)
         runtime = service.runtime
-        predictions = [Prediction(label="paraphrase" if s >= 0.5 else "not_paraphrase", score=s) for s in outcome.scores]
+        predictions = [Prediction(label=label_for(s), score=s) for s in outcome.scores]  # type: ignore[arg-type]
         for p in predictions:
             service.metrics.predictions.labels(label=p.label).inc()
         return PredictResponse(predictions=predictions, model=ModelRef(name=runtime.name, variant=runtime.variant, sha256=runtime.sha256))
@@ -80,24 +77,28 @@ def build_router(settings: Settings) -> APIRouter:
 
     @router.get("/readyz", summary="Model loaded and warmed up, worker alive", responses={503: {"model": Status}})
     async def readyz(request: Request, response: Response) -> Status:
-        service: PredictionService | None = getattr(request.app.state, "service", None)
-        if service is not None and service.is_ready:
+        service: PredictionService = request.app.state.service
+        if service.is_ready:
             return Status(status="ready")
         response.status_code = 503
-        return Status(status="not_ready", detail="starting, shutting down, or the model worker stopped")
+        return Status(status="not_ready", detail=f"the service is {service.state}")
 
     @router.get("/model", dependencies=protected, responses=ERRORS, summary="The loaded artifact and effective settings")
     async def model(service: ServiceDep) -> ModelInfo:
         rt = service.runtime
+        manifest = rt.manifest.to_json()
+        manifest["source"].pop("checkpoint", None)  # a folder name on the build host: nothing a client needs
         return ModelInfo(
             name=rt.name,
             variant=rt.variant,
             sha256=rt.sha256,
             model_bytes=rt.model_bytes,
-            trace_shape=rt.manifest["trace_shape"],
+            trace_shape={"batch_size": rt.batch_size, "seq_len": rt.seq_len},
             padding=rt.padding,
-            manifest=rt.manifest,
-            settings=settings.model_dump(mode="json"),
+            random_init=rt.manifest.source.random_init,
+            cpu=cpu_description(),
+            manifest=manifest,
+            settings=settings.public(),
         )
 
     metrics_deps = protected if settings.protect_metrics else []

@@ -154,10 +154,7 @@ class Batcher(Generic[RowT]):
         if self.failure is not None or not self.alive:
             raise InferenceFailed("the model worker is not running")
         if len(self._queue) + len(items) > self.capacity:
-            raise Overloaded(
-                f"queue full ({len(self._queue)} of {self.capacity} pairs waiting); retry shortly",
-                headers={"Retry-After": "1"},
-            )
+            raise Overloaded(f"queue full ({len(self._queue)} of {self.capacity} pairs waiting); retry shortly", retry_after_s=1.0)
         loop = asyncio.get_running_loop()
         futures = []
         for item in items:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -55,3 +55,9 @@ class Settings(BaseSettings):
     protect_metrics: bool = Field(False, description="With api_key set, also require it on /metrics (health stays open).")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     json_logs: bool = Field(False, description="One JSON object per log line (for log shippers).")
+
+    def public(self) -> dict[str, Any]:
+        """The settings as GET /model shows them: the key masked, the artifact by folder name (no host paths)."""
+        shown = self.model_dump(mode="json", exclude={"artifact_dir"})
+        shown["artifact"] = self.artifact_dir.name
+        return shown

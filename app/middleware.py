@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import error_body
+from app.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from app.http_errors import send_error
 from app.metrics import Metrics
 
 BODY_METHODS = {"POST", "PUT", "PATCH"}
@@ -19,23 +19,6 @@ class _BodyTooLarge(HTTPException):
     # An HTTPException, because FastAPI turns any other error raised while it reads the body into a 400.
     def __init__(self, limit: int) -> None:
         super().__init__(413, f"request body exceeds the limit of {limit} bytes")
-
-
-async def send_error(send: Send, status: int, message: str, error_type: str) -> None:
-    """Answer directly from middleware in the one error shape."""
-    body = json.dumps(error_body(message, error_type)).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"x-error-type", error_type.encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
 
 
 class RequestGuard:
@@ -55,7 +38,7 @@ class RequestGuard:
         is_json = content_type == b"application/json" or content_type.endswith(b"+json")
         if (scope["method"], scope["path"]) in self.json_routes and not is_json:
             shown = content_type.decode("latin-1") or "none"
-            await send_error(send, 415, f"content type must be application/json, not {shown}", "unsupported_media_type")
+            await send_error(send, UnsupportedMediaType(f"content type must be application/json, not {shown}"))
             return
         declared = headers.get(b"content-length")
         limit = self.max_body_bytes
@@ -63,10 +46,10 @@ class RequestGuard:
             try:
                 size = int(declared)
             except ValueError:
-                await send_error(send, 400, "Content-Length is not a number", "bad_request")
+                await send_error(send, BadRequest("Content-Length is not a number"))
                 return
             if size > limit:
-                await send_error(send, 413, f"request body of {size} bytes exceeds the limit of {limit}", "payload_too_large")
+                await send_error(send, PayloadTooLarge(f"request body of {size} bytes exceeds the limit of {limit}"))
                 return
         received = 0
         started = False
@@ -89,7 +72,7 @@ class RequestGuard:
             await self.app(scope, counting_receive, tracking_send)
         except _BodyTooLarge as exc:
             if not started:
-                await send_error(send, 413, str(exc.detail), "payload_too_large")
+                await send_error(send, PayloadTooLarge(str(exc.detail)))
 
 
 class MetricsMiddleware:

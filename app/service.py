@@ -1,4 +1,7 @@
-"""The prediction service: tokenize off the event loop, queue through the batcher, watch for clients that leave."""
+"""The prediction service: owns the runtime, the batcher, the tokenizer thread and the one lifecycle state.
+
+Routes and health checks ask the service (`state`, `require_ready`); nothing else keeps lifecycle flags.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +11,30 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import torch
 
 from app.batcher import Batcher, RowResult
 from app.config import Settings
-from app.errors import ClientClosed
+from app.errors import ClientClosed, NotReady, ShuttingDown
 from app.metrics import Metrics
-from app.runtime import BatchResult, Runtime
-from model_build.encoding import EncodedPair
+from artifact.encoding import EncodedPair
+from artifact.kernels import cpu_description
+from artifact.runtime import BatchResult, Runtime
 
 log = logging.getLogger(__name__)
+
+
+class State(StrEnum):
+    """starting -> ready -> draining (SIGTERM) -> stopped; ready or draining -> dead when the model worker dies."""
+
+    STARTING = "starting"
+    READY = "ready"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+    DEAD = "dead"
 
 
 @dataclass(frozen=True)
@@ -32,65 +47,112 @@ class Outcome:
 
 
 class PredictionService:
-    """Owns the runtime, the batcher and the tokenizer thread for the app's lifetime."""
+    """The model behind the HTTP layer, from loading to drain; `state` is the one source of readiness."""
 
-    def __init__(self, runtime: Runtime, settings: Settings, metrics: Metrics) -> None:
-        self.runtime = runtime
+    def __init__(self, settings: Settings, metrics: Metrics, on_fatal: Callable[[BaseException], None] | None = None) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.ready = False
+        self._on_fatal = on_fatal
+        self.state = State.STARTING
+        self.fatal: BaseException | None = None
+        self.drained: bool | None = None  # after stop(): whether every accepted request was answered in time
+        self._runtime: Runtime | None = None
+        self._batcher: Batcher[EncodedPair] | None = None
         self._tokenizer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
-        self.batcher: Batcher[EncodedPair] = Batcher(
-            runtime.forward,
-            batch_size=runtime.batch_size,
-            max_wait_s=settings.max_batch_wait_ms / 1000,
-            capacity=settings.queue_capacity,
-            on_batch=self._observe_batch,
-            on_depth=metrics.queue_depth.set,
-            group_key=runtime.columns_for if runtime.padding == "buckets" else None,
-        )
+        metrics.ready.set(0)
+
+    @property
+    def runtime(self) -> Runtime:
+        if self._runtime is None:
+            raise NotReady("the model is not loaded yet")
+        return self._runtime
+
+    @property
+    def batcher(self) -> Batcher[EncodedPair]:
+        if self._batcher is None:
+            raise NotReady("the model is not loaded yet")
+        return self._batcher
+
+    def _set_state(self, state: State) -> None:
+        self.state = state
+        self.metrics.ready.set(1 if state is State.READY else 0)
 
     # ---- lifecycle ------------------------------------------------------------------------------------
 
-    async def start(self, on_fatal: Callable[[BaseException], None] | None = None) -> None:
+    async def start(self, runtime: Runtime) -> None:
         """Warm the model up at every shape it may use (off the loop), publish model metrics, start the batcher."""
+        self._runtime = runtime
+        self._batcher = Batcher(
+            runtime.forward,
+            batch_size=runtime.batch_size,
+            max_wait_s=self.settings.max_batch_wait_ms / 1000,
+            capacity=self.settings.queue_capacity,
+            on_batch=self._observe_batch,
+            on_depth=self.metrics.queue_depth.set,
+            group_key=runtime.columns_for if runtime.padding == "buckets" else None,
+        )
         m = self.metrics
-        m.model_size.labels(variant=self.runtime.variant).set(self.runtime.model_bytes)
+        m.model_size.labels(variant=runtime.variant).set(runtime.model_bytes)
+        cpu = cpu_description()
         m.model_info.info(
             {
-                "name": self.runtime.name,
-                "variant": self.runtime.variant,
-                "sha256": self.runtime.sha256,
+                "name": runtime.name,
+                "variant": runtime.variant,
+                "sha256": runtime.sha256,
                 "torch_version": torch.__version__,
-                "trace_shape": f"{self.runtime.batch_size}x{self.runtime.seq_len}",
+                "trace_shape": f"{runtime.batch_size}x{runtime.seq_len}",
+                "int8_kernel": cpu["int8_kernel"],
+                "random_init": str(runtime.manifest.source.random_init).lower(),
             }
         )
         m.queue_capacity.set(self.settings.queue_capacity)
         started = time.perf_counter()
-        await asyncio.get_running_loop().run_in_executor(self._tokenizer_pool, self.runtime.warm_up)
+        await asyncio.get_running_loop().run_in_executor(self._tokenizer_pool, runtime.warm_up)
         log.info("warmed up in %.2f s", time.perf_counter() - started)
-        self.batcher.start(on_fatal=on_fatal)
-        self.ready = True
-        m.ready.set(1)
+        self._batcher.start(on_fatal=self._died)
+        self._set_state(State.READY)
+
+    def _died(self, exc: BaseException) -> None:
+        # No silent zombie: unready at once, and the owner stops the process so a supervisor restarts it.
+        self.fatal = exc
+        self._set_state(State.DEAD)
+        log.critical("model worker died (%r); stopping the server", exc)
+        if self._on_fatal is not None:
+            self._on_fatal(exc)
 
     def begin_shutdown(self) -> None:
         """Stop reporting ready (load balancers stop sending) while accepted work finishes."""
-        self.ready = False
-        self.metrics.ready.set(0)
+        if self.state in (State.STARTING, State.READY):
+            self._set_state(State.DRAINING)
 
     async def stop(self) -> bool:
         """Answer everything already accepted, then stop the worker; False if the grace period ran out first."""
         self.begin_shutdown()
-        drained = await self.batcher.drain(self.settings.shutdown_grace_s)
+        drained = True
+        if self._batcher is not None:
+            drained = await self._batcher.drain(self.settings.shutdown_grace_s)
         if not drained:
             log.error("shutdown grace of %.0f s ran out with work queued", self.settings.shutdown_grace_s)
         self._tokenizer_pool.shutdown(wait=False, cancel_futures=True)
+        self.drained = drained
+        if self.state is not State.DEAD:
+            self._set_state(State.STOPPED)
         return drained
 
     @property
     def is_ready(self) -> bool:
         """Warmed up, worker alive, not shutting down."""
-        return self.ready and self.batcher.alive
+        return self.state is State.READY
+
+    def require_ready(self) -> None:
+        """Raise the domain error that says why this service cannot take a request now."""
+        if self.state is State.READY:
+            return
+        if self.state in (State.DRAINING, State.STOPPED):
+            raise ShuttingDown("the service is shutting down")
+        if self.state is State.DEAD:
+            raise NotReady("the model worker is not running")
+        raise NotReady("the model is not loaded yet")
 
     # ---- requests -------------------------------------------------------------------------------------
 

@@ -26,9 +26,9 @@ import httpx
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from app.local_server import running_server
-from app.runtime import Runtime
-from app.scrape import histogram_mean, samples
+from artifact.runtime import Runtime
+from harness.local_server import running_server
+from harness.scrape import histogram_mean, samples
 from model_build.mrpc import load_split
 from model_build.parity_pairs import PARITY_PAIRS
 

@@ -23,10 +23,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from artifact.encoding import PaddedBatch
+from artifact.quiet import deprecations_silenced
 from model_build.build import op_counts, quantize_eager_int8, quantize_int8, trace
-from model_build.encoding import PaddedBatch
 from model_build.progress import progress
-from model_build.quiet import deprecations_silenced
 
 TUTORIAL = {"size_mb": {"fp32": 438, "int8": 184}, "seconds_1_thread": {"fp32": 4.49, "int8": 2.69, "eager-int8": 2.67}}
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from app.local_server import wait_ready
+from harness.local_server import wait_ready
 from loadtest.report import TargetSummary, summarize, write_report
 from model_build.progress import progress
 

@@ -8,22 +8,26 @@ import shutil
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from model_build import artifact, calibration
-from model_build.checkpoint import LABELS, TRACE_INPUTS, Checkpoint, load_for_tracing
-from model_build.encoding import EncodedPair, PaddedBatch, PairEncoder, pad_batch, paraphrase_scores
+from artifact import manifest as fmt
+from artifact.encoding import LABELS, TRACE_INPUTS, EncodedPair, PaddedBatch, PairEncoder, pad_batch, paraphrase_scores
+from artifact.errors import KernelUnsupported
+from artifact.kernels import DYNAMIC_OP, FIXED_RANGE_OP, cpu_description, require_fixed_range_kernel
+from artifact.manifest import ActivationRange, BatchInvariance, Int8Scheme, Manifest, Variant
+from artifact.quiet import deprecations_silenced, load_module, save_module
+from model_build import calibration
+from model_build.checkpoint import Checkpoint, load_for_tracing
 from model_build.errors import BuildError, VerificationError
 from model_build.mrpc import split_path
 from model_build.parity_pairs import PARITY_PAIRS
 from model_build.progress import progress
-from model_build.quiet import deprecations_silenced
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +40,11 @@ DEFAULT_INT8_TOLERANCE = 1.5
 # A row's logits alone at its own length vs inside any verified batch shape, for variants whose answers must not
 # depend on their batch (fp32, int8-calibrated): only fp32 summation order differs, plus the odd int8 rounding step.
 INVARIANCE_TOLERANCE = 1e-3
-BUILD_VARIANTS = ("fp32", "int8", "debug", "eager-int8", "int8-calibrated")
-BATCH_INVARIANT_VARIANTS = ("fp32", "int8-calibrated")
 
 
-def default_variants(calibration_data: Path | None) -> tuple[str, ...]:
+def default_variants(calibration_data: Path | None) -> tuple[Variant, ...]:
     """Every variant the inputs allow: int8-calibrated needs MRPC train pairs to calibrate on."""
-    return BUILD_VARIANTS if calibration_data is not None else tuple(v for v in BUILD_VARIANTS if v != "int8-calibrated")
+    return tuple(v for v, recipe in RECIPES.items() if calibration_data is not None or not recipe.needs_calibration)
 
 
 @dataclass
@@ -51,7 +53,7 @@ class BuildOptions:
 
     batch_size: int = 8
     seq_len: int = 128
-    variants: Sequence[str] = ()  # () for every variant the inputs allow (see default_variants)
+    variants: Sequence[Variant | str] = ()  # () for every variant the inputs allow (see default_variants)
     tolerance: float = DEFAULT_INT8_TOLERANCE
     two_step: bool = False  # prepare_dynamic_jit + convert_dynamic_jit instead of quantize_dynamic_jit
     attn_implementation: str = "eager"
@@ -62,15 +64,21 @@ class BuildOptions:
     # Steps of 16: on MRPC dev traffic 76% of padded tokens are real against 70% with 32/64/96/128, and the default
     # model served 15% more pairs/s.
     seq_buckets: Sequence[int] = (16, 32, 48, 64, 80, 96, 112, 128)
-    # int8-calibrated: the MRPC folder whose train split calibrates the activation ranges, how many pairs, and
-    # the activation width (8 needs an int8 kernel that does not saturate, checked; 7 is fbgemm's reduce_range).
+    # int8-calibrated: the MRPC folder whose train split calibrates the activation ranges, how many pairs, and the
+    # widths. 8-bit activations with 7-bit weights fit fbgemm's AVX2 int16 pair sums, so the artifact gives the
+    # same scores on every x86-64 CPU (see README, "Every x86-64 host"); 8 x 8 bits needs VNNI wherever it runs.
     calibration_data: Path | None = None
     calibration_pairs: int = 512
     activation_bits: int = 8
+    weight_bits: int = 7
 
     def __post_init__(self) -> None:
         if not self.variants:
             self.variants = default_variants(self.calibration_data)
+        try:
+            self.variants = tuple(Variant(v) for v in self.variants)
+        except ValueError as exc:
+            raise BuildError(f"unknown variant: {exc}; choose from {', '.join(Variant)}") from exc
 
     def shapes(self) -> list[tuple[int, int]]:
         """Every (rows, columns) shape the build verifies: 1..batch_size rows x each bucket up to seq_len."""
@@ -82,15 +90,16 @@ class BuildOptions:
 class BuiltVariant:
     """One verified module, ready to save."""
 
-    variant: str
+    variant: Variant
     module: torch.jit.ScriptModule
     op_counts: dict[str, int]
     parity: dict[str, Any]
     qconfig: dict[str, Any] | None
+    int8: Int8Scheme | None
     logits: list[torch.Tensor] = field(default_factory=list)
     shape_parity: dict[str, Any] = field(default_factory=dict)
-    batch_invariance: dict[str, Any] = field(default_factory=dict)
-    activation_ranges: list[calibration.ActivationRange] = field(default_factory=list)
+    batch_invariance: BatchInvariance | None = None
+    activation_ranges: list[ActivationRange] = field(default_factory=list)
 
 
 # ---- pure steps -------------------------------------------------------------------------------------------
@@ -102,11 +111,31 @@ def trace(model: torch.nn.Module, example: PaddedBatch) -> torch.jit.ScriptModul
         return torch.jit.trace(model, example.args())
 
 
-def quantize_int8(traced: torch.jit.ScriptModule, *, debug: bool = False, two_step: bool = False) -> torch.jit.ScriptModule:
-    """Graph-mode dynamic quantization of every Linear, per-channel int8 weights (the tutorial's recipe)."""
-    from torch.ao.quantization import convert_dynamic_jit, per_channel_dynamic_qconfig, prepare_dynamic_jit, quantize_dynamic_jit
+def quantize_int8(
+    traced: torch.jit.ScriptModule, *, debug: bool = False, two_step: bool = False, weight_bits: int = 8
+) -> torch.jit.ScriptModule:
+    """Graph-mode dynamic quantization of every Linear, per-channel int8 weights (the tutorial's recipe).
 
-    qconfig_dict = {"": per_channel_dynamic_qconfig}
+    weight_bits 7 narrows the per-channel symmetric range to -63..63 (the qint8 dtype would still allow 64 after
+    rounding with -64..63), so u8 x s8 pair sums fit int16 on fbgemm's AVX2 kernels.
+    """
+    from torch.ao.quantization import (
+        PerChannelMinMaxObserver,
+        QConfig,
+        convert_dynamic_jit,
+        per_channel_dynamic_qconfig,
+        prepare_dynamic_jit,
+        quantize_dynamic_jit,
+    )
+
+    qconfig = per_channel_dynamic_qconfig
+    if weight_bits != 8:
+        limit = (1 << (weight_bits - 1)) - 1
+        weight = PerChannelMinMaxObserver.with_args(
+            dtype=torch.qint8, qscheme=torch.per_channel_symmetric, quant_min=-limit, quant_max=limit
+        )
+        qconfig = QConfig(activation=per_channel_dynamic_qconfig.activation, weight=weight)
+    qconfig_dict = {"": qconfig}
     with deprecations_silenced():
         if two_step:
             prepared = prepare_dynamic_jit(traced, qconfig_dict)  # observers inserted: inspect prepared.graph here
@@ -183,23 +212,38 @@ def check_tokenizer(ckpt: Checkpoint, encoder: PairEncoder, pairs: Sequence[tupl
             )
 
 
-def check_ops(variant: str, counts: dict[str, int], linears: tuple[int, int]) -> None:
-    """int8 graphs hold one int8 Linear op per Linear and no float one; debug graphs quantize every weight."""
+def check_ops(variant: str, counts: dict[str, int], linears: tuple[int, int], linear_op: str | None) -> None:
+    """Every Linear became `linear_op`: int8 graphs hold one int8 Linear op per Linear and no float or other int8
+    Linear; the debug graph quantizes every weight (aten::quantize_per_channel) and keeps float Linears."""
+    if linear_op is None:
+        return
     total, encoder = linears
-    if variant in ("int8", "eager-int8", "int8-calibrated"):
-        op, other = calibration.DYNAMIC_OP, calibration.FIXED_RANGE_OP
-        if variant == "int8-calibrated":
-            op, other = other, op
-        found = counts.get(op, 0)
-        if found < encoder or found != total or counts.get("aten::linear", 0) or counts.get(other, 0):
-            raise VerificationError(
-                f"op check failed for {variant}: {found} {op} ops, {counts.get(other, 0)} {other} and "
-                f"{counts.get('aten::linear', 0)} float aten::linear for {total} Linear layers ({encoder} in the encoder)"
-            )
-    elif variant == "debug" and counts.get("aten::quantize_per_channel", 0) != total:
+    found = counts.get(linear_op, 0)
+    others = {op: counts.get(op, 0) for op in ("aten::linear", DYNAMIC_OP, FIXED_RANGE_OP) if op != linear_op}
+    if linear_op == "aten::quantize_per_channel":
+        others = {}
+    if found < encoder or found != total or any(others.values()):
+        extra = "".join(f", {n} {op}" for op, n in others.items())
         raise VerificationError(
-            f"op check failed for debug: {counts.get('aten::quantize_per_channel', 0)} quantized weights for {total} Linear layers"
+            f"op check failed for {variant}: {found} {linear_op} ops{extra} for {total} Linear layers ({encoder} in the encoder)"
         )
+
+
+def check_weight_bits(variant: str, module: torch.jit.ScriptModule, bits: int) -> None:
+    """Every packed int8 weight fits `bits` (symmetric): what makes a 7-bit-weight artifact exact on AVX2 kernels."""
+    limit = 1 << (bits - 1)
+    for name, value in _packed_weights(module):
+        weight, _ = torch.ops.quantized.linear_unpack(value)
+        q = weight.int_repr()
+        if int(q.abs().max()) > limit:
+            raise VerificationError(
+                f"weight check failed for {variant}: {name} holds int8 values up to {int(q.abs().max())}, beyond {bits} bits"
+            )
+
+
+def _packed_weights(module: torch.jit.ScriptModule) -> list[tuple[str, Any]]:
+    names = [n.s("name") for n in module.graph.findAllNodes("prim::GetAttr") if calibration.PACKED_WEIGHT_PREFIX in n.s("name")]
+    return [(name, module._c.getattr(name)) for name in dict.fromkeys(names)]
 
 
 def check_parity(variant: str, parity: dict[str, Any], tolerance: float) -> None:
@@ -263,7 +307,7 @@ def check_batch_invariance(
     at: dict[tuple[int, int], torch.Tensor],
     *,
     required: bool,
-) -> dict[str, Any]:
+) -> BatchInvariance:
     """How far a row's logits move between running alone at its own length and inside each verified batch shape.
 
     Measured for every variant; for `required` ones (fp32, int8-calibrated) beyond INVARIANCE_TOLERANCE fails the
@@ -276,12 +320,18 @@ def check_batch_invariance(
             f"batch-invariance check failed for {variant}: a row's logits move by {worst:.4g} between batch shapes "
             f"(allowed {INVARIANCE_TOLERANCE:g})"
         )
-    return {"batch_invariant": required, "max_abs_logit_diff": worst, "tolerance": INVARIANCE_TOLERANCE, "shapes": len(shaped)}
+    return BatchInvariance(batch_invariant=required, max_abs_logit_diff=worst, tolerance=INVARIANCE_TOLERANCE, shapes=len(shaped))
 
 
-def calibrate(ckpt: Checkpoint, encoder: PairEncoder, layers: Sequence[str], opts: BuildOptions) -> list[calibration.ActivationRange]:
+def calibrate(ckpt: Checkpoint, encoder: PairEncoder, layers: Sequence[str], opts: BuildOptions) -> list[ActivationRange]:
     """Activation ranges of every Linear over MRPC train pairs (for int8-calibrated)."""
-    calibration.require_fixed_range_kernel(opts.activation_bits)
+    try:
+        # The build runs what it makes (parity, invariance): only widths this host's kernel computes exactly can be
+        # verified here. The default 7-bit weights can be, on every x86-64 CPU.
+        require_fixed_range_kernel(opts.activation_bits, opts.weight_bits)
+    except KernelUnsupported as exc:
+        raise BuildError(f"cannot verify int8-calibrated at these widths on this host: {exc}") from exc
+    assert opts.calibration_data is not None
     rows = calibration.calibration_rows(opts.calibration_data, encoder, opts.calibration_pairs)
     observed = calibration.observe_ranges(ckpt.model, rows, layers)
     return calibration.activation_ranges(observed, layers, opts.activation_bits)
@@ -289,11 +339,97 @@ def calibrate(ckpt: Checkpoint, encoder: PairEncoder, layers: Sequence[str], opt
 
 def check_reload(path: Path, batches: Sequence[PaddedBatch], expected: Sequence[torch.Tensor]) -> None:
     """The saved file, loaded back, must give the same logits as the module that was saved."""
-    with deprecations_silenced():
-        loaded = torch.jit.load(str(path), map_location="cpu")
-    got = run(loaded, batches)
+    got = run(load_module(path), batches)
     if not all(torch.allclose(a, b, rtol=0, atol=1e-6) for a, b in zip(expected, got, strict=False)):
         raise VerificationError(f"reload check failed: {path} gives different logits after torch.jit.load")
+
+
+# ---- the recipes ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stage:
+    """What every recipe may start from: the eager model, its trace, an example batch, the options and ranges."""
+
+    model: torch.nn.Module
+    traced: torch.jit.ScriptModule
+    example: PaddedBatch
+    opts: BuildOptions
+    ranges: Sequence[ActivationRange]
+
+
+PER_CHANNEL = {
+    "api": "torch.ao.quantization.quantize_dynamic_jit",
+    "qconfig": "per_channel_dynamic_qconfig",
+    "weight": "int8, per-channel affine (PerChannelMinMaxObserver)",
+    "activation": "quint8, dynamic per-tensor scale at run time",
+}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one variant is made and what it must pass."""
+
+    make: Callable[[Stage], torch.jit.ScriptModule]
+    qconfig: Callable[[BuildOptions], dict[str, Any] | None]
+    int8: Callable[[BuildOptions], Int8Scheme | None]
+    linear_op: str | None  # what every nn.Linear must have become (check_ops)
+    batch_invariant: bool = False  # must pass check_batch_invariance
+    needs_calibration: bool = False
+
+
+def _eager_int8(stage: Stage) -> torch.jit.ScriptModule:
+    return quantize_eager_int8(stage.model, stage.example)
+
+
+def _calibrated(stage: Stage) -> torch.jit.ScriptModule:
+    opts = stage.opts
+    quantized = quantize_int8(stage.traced, two_step=opts.two_step, weight_bits=opts.weight_bits)
+    return calibration.fix_activation_ranges(quantized, stage.ranges)
+
+
+def _calibrated_qconfig(opts: BuildOptions) -> dict[str, Any]:
+    return dict(
+        PER_CHANNEL,
+        weight=f"int8 storage, {opts.weight_bits}-bit values, per-channel symmetric (PerChannelMinMaxObserver)",
+        activation=f"quint8 per-tensor, {opts.activation_bits}-bit, range fixed in the graph: min/max of the fp32 "
+        f"input of each Linear over {opts.calibration_pairs} MRPC train pairs (seeded sample)",
+        activation_bits=opts.activation_bits,
+        weight_bits=opts.weight_bits,
+        op=FIXED_RANGE_OP,
+        two_step=opts.two_step,
+    )
+
+
+RECIPES: dict[Variant, Recipe] = {
+    Variant.FP32: Recipe(lambda st: st.traced, lambda _: None, lambda _: None, None, batch_invariant=True),
+    Variant.INT8: Recipe(
+        lambda st: quantize_int8(st.traced, two_step=st.opts.two_step),
+        lambda o: dict(PER_CHANNEL, debug=False, two_step=o.two_step),
+        lambda _: Int8Scheme(weight_bits=8, activation_bits=None),
+        DYNAMIC_OP,
+    ),
+    Variant.DEBUG: Recipe(
+        lambda st: quantize_int8(st.traced, debug=True, two_step=st.opts.two_step),
+        lambda o: dict(PER_CHANNEL, debug=True, two_step=o.two_step),
+        lambda _: Int8Scheme(weight_bits=8, activation_bits=None),
+        "aten::quantize_per_channel",
+    ),
+    Variant.EAGER_INT8: Recipe(
+        _eager_int8,
+        lambda _: {"api": "torch.ao.quantization.quantize_dynamic", "modules": ["torch.nn.Linear"], "weight": "int8, per-tensor"},
+        lambda _: Int8Scheme(weight_bits=8, activation_bits=None),
+        DYNAMIC_OP,
+    ),
+    Variant.INT8_CALIBRATED: Recipe(
+        _calibrated,
+        _calibrated_qconfig,
+        lambda o: Int8Scheme(weight_bits=o.weight_bits, activation_bits=o.activation_bits),
+        FIXED_RANGE_OP,
+        batch_invariant=True,
+        needs_calibration=True,
+    ),
+}
 
 
 # ---- the command ------------------------------------------------------------------------------------------
@@ -307,101 +443,66 @@ def build_variants(
     shaped: dict[tuple[int, int], ShapedBatch] | None = None,
     *,
     rows: Sequence[EncodedPair] = (),
-    ranges: Sequence[calibration.ActivationRange] = (),
+    ranges: Sequence[ActivationRange] = (),
 ) -> list[BuiltVariant]:
-    """Trace, quantize and verify every requested variant (at every shape of `shaped`); nothing is written here.
+    """Make and verify every requested variant (at every shape of `shaped`) from its recipe; nothing is written here.
 
     `rows` are the parity rows `shaped` was cut from (for the batch-invariance check); `ranges` the calibrated
-    activation ranges int8-calibrated needs.
+    activation ranges int8-calibrated needs. fp32 is checked against the eager model, the others against fp32.
     """
     model = ckpt.model
     shaped = shaped or {}
     reference = run(model, batches)
     traced = trace(model, batches[0])
     traced_logits = run(traced, batches)
-    trace_parity = compare(reference, traced_logits)
-    check_parity("fp32 trace vs eager", trace_parity, TRACE_TOLERANCE)
+    check_parity("fp32 trace vs eager", compare(reference, traced_logits), TRACE_TOLERANCE)
     eager_at = {shape: run(model, [b.batch])[0] for shape, b in shaped.items()}
     traced_at = {shape: run(traced, [b.batch])[0] for shape, b in shaped.items()}
     bar.update(1)
     linears = count_linears(model)
-    per_channel = {
-        "api": "torch.ao.quantization.quantize_dynamic_jit",
-        "qconfig": "per_channel_dynamic_qconfig",
-        "weight": "int8, per-channel affine (PerChannelMinMaxObserver)",
-        "activation": "quint8, dynamic per-tensor scale at run time",
-        "engine": torch.backends.quantized.engine,
-    }
+    stage = Stage(model, traced, batches[0], opts, ranges)
     built: list[BuiltVariant] = []
     for variant in opts.variants:
-        if variant == "fp32":
-            module, qconfig, parity = traced, None, dict(trace_parity, reference="eager fp32", tolerance=TRACE_TOLERANCE)
-        else:
-            if variant == "eager-int8":
-                module = quantize_eager_int8(model, batches[0])
-                qconfig = {
-                    "api": "torch.ao.quantization.quantize_dynamic",
-                    "modules": ["torch.nn.Linear"],
-                    "weight": "int8, per-tensor",
-                    "engine": torch.backends.quantized.engine,
-                }
-            elif variant == "int8-calibrated":
-                module = calibration.fix_activation_ranges(quantize_int8(traced, two_step=opts.two_step), ranges)
-                qconfig = dict(
-                    per_channel,
-                    activation=f"quint8 per-tensor, {opts.activation_bits}-bit, range fixed in the graph: min/max of the fp32 "
-                    f"input of each Linear over {opts.calibration_pairs} MRPC train pairs (seeded sample)",
-                    activation_bits=opts.activation_bits,
-                    op=calibration.FIXED_RANGE_OP,
-                    two_step=opts.two_step,
-                )
-            else:
-                module = quantize_int8(traced, debug=variant == "debug", two_step=opts.two_step)
-                qconfig = dict(per_channel, debug=variant == "debug", two_step=opts.two_step)
-            parity = dict(compare(traced_logits, run(module, batches)), reference="traced fp32", tolerance=opts.tolerance)
-        counts = op_counts(module)
-        check_ops(variant, counts, linears)
-        check_parity(variant, parity, parity["tolerance"])
-        if variant == "fp32":
-            at = traced_at
-            shape_parity = check_shapes(variant, traced_at, eager_at, TRACE_TOLERANCE)
-        else:
-            at = {shape: run(module, [b.batch])[0] for shape, b in shaped.items()}
-            shape_parity = check_shapes(variant, at, traced_at, opts.tolerance)
-        invariance = (
-            check_batch_invariance(variant, module, rows, shaped, at, required=variant in BATCH_INVARIANT_VARIANTS) if shaped else {}
+        recipe = RECIPES[Variant(variant)]
+        module = recipe.make(stage)
+        is_fp32 = variant == Variant.FP32
+        logits = traced_logits if is_fp32 else run(module, batches)
+        parity = dict(
+            compare(reference if is_fp32 else traced_logits, logits),
+            reference="eager fp32" if is_fp32 else "traced fp32",
+            tolerance=TRACE_TOLERANCE if is_fp32 else opts.tolerance,
         )
+        counts = op_counts(module)
+        check_ops(variant, counts, linears, recipe.linear_op)
+        scheme = recipe.int8(opts)
+        if variant == Variant.INT8_CALIBRATED and scheme is not None:
+            check_weight_bits(variant, module, scheme.weight_bits)
+        check_parity(variant, parity, parity["tolerance"])
+        at = traced_at if is_fp32 else {shape: run(module, [b.batch])[0] for shape, b in shaped.items()}
+        shape_parity = check_shapes(variant, at, eager_at if is_fp32 else traced_at, parity["tolerance"])
+        invariance = check_batch_invariance(variant, module, rows, shaped, at, required=recipe.batch_invariant) if shaped else None
         parity["linear_layers"], parity["encoder_linear_layers"] = linears
         log.info("%s verified: %s", variant, {k: parity[k] for k in ("max_abs_logit_diff", "max_abs_score_diff", "argmax_agreement")})
-        built.append(
-            BuiltVariant(
-                variant,
-                module,
-                counts,
-                parity,
-                qconfig,
-                run(module, batches),
-                shape_parity,
-                invariance,
-                list(ranges) if variant == "int8-calibrated" else [],
-            )
-        )
+        qconfig = recipe.qconfig(opts)
+        if qconfig is not None:
+            qconfig["engine"] = torch.backends.quantized.engine
+        ranges_kept = list(ranges) if recipe.needs_calibration else []
+        built.append(BuiltVariant(variant, module, counts, parity, qconfig, scheme, logits, shape_parity, invariance, ranges_kept))
         bar.update(1)
     return built
 
 
-def build(model_dir: Path, out: Path, opts: BuildOptions | None = None) -> dict[str, dict[str, Any]]:
+def build(model_dir: Path, out: Path, opts: BuildOptions | None = None) -> dict[Variant, Manifest]:
     """The whole build: returns each variant's manifest; `out` holds one folder per variant, or nothing on failure."""
     opts = opts or BuildOptions()
-    unknown = [v for v in opts.variants if v not in BUILD_VARIANTS]
-    if unknown:
-        raise BuildError(f"unknown variant {', '.join(unknown)}; choose from {', '.join(BUILD_VARIANTS)}")
-    if "int8-calibrated" in opts.variants:
+    if any(RECIPES[v].needs_calibration for v in opts.variants):
         if opts.calibration_data is None:
             raise BuildError("int8-calibrated needs MRPC train pairs to calibrate on: pass --calibration-data DIR")
         split_path(opts.calibration_data, "train")  # fail now, with the explanation of MRPC, not after tracing
         if opts.calibration_pairs < 1:
             raise BuildError(f"--calibration-pairs must be at least 1, not {opts.calibration_pairs}")
+        if opts.weight_bits not in (7, 8):
+            raise BuildError(f"weight bits must be 7 or 8, not {opts.weight_bits}")
     if opts.batch_size < 1 or not 8 <= opts.seq_len <= 512:
         raise BuildError(f"trace shape {opts.batch_size}x{opts.seq_len} is out of range (batch >= 1, 8 <= seq-len <= 512)")
     if out.exists() and not opts.force:
@@ -414,14 +515,15 @@ def build(model_dir: Path, out: Path, opts: BuildOptions | None = None) -> dict[
     try:
         tokenizer_dir = staging / "tokenizer"
         ckpt.tokenizer.save_pretrained(str(tokenizer_dir))
-        encoder = PairEncoder(tokenizer_dir / artifact.TOKENIZER_FILE, opts.seq_len)
+        encoder = PairEncoder(tokenizer_dir / fmt.TOKENIZER_FILE, opts.seq_len)
         check_tokenizer(ckpt, encoder, PARITY_PAIRS)
         rows = encoder.encode(PARITY_PAIRS)
         batches = [pad_batch(rows[i : i + opts.batch_size], opts.batch_size, opts.seq_len) for i in range(0, len(rows), opts.batch_size)]
-        rows = rows + short_rows(tokenizer_dir / artifact.TOKENIZER_FILE, rows, opts.shapes())
+        rows = rows + short_rows(tokenizer_dir / fmt.TOKENIZER_FILE, rows, opts.shapes())
         shaped = shape_batches(rows, opts.shapes())
         layers = linear_execution_order(ckpt.model, batches[0])
-        ranges = calibrate(ckpt, encoder, layers, opts) if "int8-calibrated" in opts.variants else []
+        calibrated = any(RECIPES[v].needs_calibration for v in opts.variants)
+        ranges = calibrate(ckpt, encoder, layers, opts) if calibrated else []
         with progress(total=1 + 2 * len(opts.variants), desc="build", unit="step") as bar:
             built = build_variants(ckpt, batches, opts, bar, shaped, rows=rows, ranges=ranges)
             manifests = {}
@@ -446,44 +548,40 @@ def _write_variant(
     batches: Sequence[PaddedBatch],
     linear_layers: list[str],
     started: float,
-) -> dict[str, Any]:
+) -> Manifest:
     import transformers
 
     shutil.copytree(tokenizer_dir, folder)
-    model_path = folder / artifact.MODEL_FILE
-    with deprecations_silenced():
-        torch.jit.save(item.module, str(model_path))
+    model_path = folder / fmt.MODEL_FILE
+    save_module(item.module, model_path)
     check_reload(model_path, batches, item.logits)
-    manifest = {
-        "format_version": artifact.FORMAT_VERSION,
-        "name": opts.name or ckpt.path.resolve().name,
-        "variant": item.variant,
-        "trace_shape": {"batch_size": opts.batch_size, "seq_len": opts.seq_len},
-        "verified_shapes": [list(shape) for shape in opts.shapes()],
-        "shape_parity": item.shape_parity,
-        "batch_invariance": item.batch_invariance,
-        "activation_ranges": [asdict(r) for r in item.activation_ranges],
-        "input_names": list(TRACE_INPUTS),
-        "labels": list(LABELS),
-        "model_file": artifact.MODEL_FILE,
-        "model_sha256": artifact.sha256_file(model_path),
-        "model_bytes": model_path.stat().st_size,
-        "tokenizer": {
-            "file": artifact.TOKENIZER_FILE,
-            "sha256": artifact.sha256_file(folder / artifact.TOKENIZER_FILE),
-            "truncation": "longest_first",
-            "max_length": opts.seq_len,
-        },
-        "qconfig": item.qconfig,
-        "attn_implementation": opts.attn_implementation,
-        "linear_layers": linear_layers,
-        "op_counts": {k: v for k, v in item.op_counts.items() if "linear" in k or "quant" in k},
-        "parity": item.parity,
-        "source": {"checkpoint": str(ckpt.path.resolve()), "config_sha256": ckpt.config_sha256},
-        "torch_version": torch.__version__,
-        "transformers_version": transformers.__version__,
-        "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "build_seconds": round(time.perf_counter() - started, 2),
-    }
-    artifact.write_manifest(folder, manifest)
+    manifest = Manifest(
+        format_version=fmt.FORMAT_VERSION,
+        name=opts.name or ckpt.path.resolve().name,
+        variant=item.variant,
+        trace_shape=fmt.TraceShape(opts.batch_size, opts.seq_len),
+        verified_shapes=tuple(opts.shapes()),
+        shape_parity=item.shape_parity,
+        batch_invariance=item.batch_invariance,
+        activation_ranges=tuple(item.activation_ranges),
+        input_names=TRACE_INPUTS,
+        labels=LABELS,
+        model_file=fmt.MODEL_FILE,
+        model_sha256=fmt.sha256_file(model_path),
+        model_bytes=model_path.stat().st_size,
+        tokenizer=fmt.TokenizerInfo(fmt.TOKENIZER_FILE, fmt.sha256_file(folder / fmt.TOKENIZER_FILE), "longest_first", opts.seq_len),
+        int8=item.int8,
+        qconfig=item.qconfig,
+        attn_implementation=opts.attn_implementation,
+        linear_layers=tuple(linear_layers),
+        op_counts={k: v for k, v in item.op_counts.items() if "linear" in k or "quant" in k},
+        parity=item.parity,
+        source=fmt.Source(ckpt.path.resolve().name, ckpt.config_sha256, random_init=ckpt.random_init),
+        torch_version=torch.__version__,
+        transformers_version=transformers.__version__,
+        build_cpu=cpu_description(),
+        built_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        build_seconds=round(time.perf_counter() - started, 2),
+    )
+    fmt.write_manifest(folder, manifest)
     return manifest

@@ -10,37 +10,22 @@ element is quantized by a constant, the int8 GEMM is exact, so a pair's logits n
 
 from __future__ import annotations
 
-import io
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from model_build.encoding import EncodedPair, PairEncoder, pad_batch
+from artifact.encoding import EncodedPair, PairEncoder, pad_batch
+from artifact.kernels import DYNAMIC_OP, FIXED_RANGE_OP
+from artifact.manifest import ActivationRange
+from artifact.quiet import round_trip
 from model_build.errors import BuildError
 from model_build.mrpc import load_split
 from model_build.progress import progress
-from model_build.quiet import deprecations_silenced
 
-DYNAMIC_OP = "quantized::linear_dynamic"
-FIXED_RANGE_OP = "quantized::linear_with_input_q_dq_qweight_dq_output_fp32"
 PACKED_WEIGHT_PREFIX = "_jit_pass_packed_weight_"
-# The fbgemm packed weights this op reads; onednn and qnnpack repack int8 weights into types it does not accept.
-FIXED_RANGE_ENGINES = ("x86", "fbgemm")
-
-
-@dataclass(frozen=True)
-class ActivationRange:
-    """The calibrated input range of one Linear and the quint8 scale and zero point it maps to."""
-
-    layer: str
-    min: float
-    max: float
-    scale: float
-    zero_point: int
 
 
 def calibration_rows(data_dir: Path, encoder: PairEncoder, pairs: int, seed: int = 0) -> list[EncodedPair]:
@@ -91,11 +76,7 @@ def activation_ranges(ranges: dict[str, tuple[float, float]], layers: Sequence[s
 
 def fix_activation_ranges(quantized: torch.jit.ScriptModule, ranges: Sequence[ActivationRange]) -> torch.jit.ScriptModule:
     """A copy of a graph-mode int8 module whose Linears quantize their inputs with `ranges` (in packed-weight order)."""
-    buffer = io.BytesIO()
-    with deprecations_silenced():
-        torch.jit.save(quantized, buffer)
-        buffer.seek(0)
-        module = torch.jit.load(buffer, map_location="cpu")
+    module = round_trip(quantized)
     graph = module.graph
     nodes = graph.findAllNodes(DYNAMIC_OP)
     if len(nodes) != len(ranges):
@@ -114,34 +95,4 @@ def fix_activation_ranges(quantized: torch.jit.ScriptModule, ranges: Sequence[Ac
         node.output().replaceAllUsesWith(fixed.output())
         node.destroy()
     torch._C._jit_pass_dce(graph)
-    # Through bytes once more, so no executor state from before the rewrite survives.
-    buffer = io.BytesIO()
-    with deprecations_silenced():
-        torch.jit.save(module, buffer)
-        buffer.seek(0)
-        return torch.jit.load(buffer, map_location="cpu")
-
-
-def int8_kernel_exact() -> bool:
-    """Whether this CPU's int8 GEMM is exact at full 8-bit activations (255 x 127 products).
-
-    fbgemm's AVX2 kernels add pairs of u8 x s8 products in saturating int16 (fbgemm's reason for reduce_range);
-    VNNI CPUs accumulate in int32. A saturating kernel would turn this 64-long dot product of 1.0s into about 32.
-    """
-    if torch.backends.quantized.engine not in FIXED_RANGE_ENGINES:
-        return False
-    with deprecations_silenced():
-        weight = torch.quantize_per_channel(torch.ones(2, 64), torch.full((2,), 1 / 127), torch.zeros(2, dtype=torch.long), 0, torch.qint8)
-        packed = torch.ops.quantized.linear_prepack(weight, None)
-        out = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(torch.ones(1, 64), 1 / 255, 0, packed)
-    return bool(torch.allclose(out, torch.full_like(out, 64.0), atol=1e-3))
-
-
-def require_fixed_range_kernel(bits: int) -> None:
-    """What int8-calibrated needs of this process, checked by the build and at every load: fbgemm-packed weights
-    (the x86 or fbgemm engine) and, at 8-bit activations, an int8 GEMM that does not saturate."""
-    engine = torch.backends.quantized.engine
-    if engine not in FIXED_RANGE_ENGINES:
-        raise BuildError(f"int8-calibrated runs on the {' or '.join(FIXED_RANGE_ENGINES)} quantized engine, not {engine}")
-    if bits == 8 and not int8_kernel_exact():
-        raise BuildError("this CPU's int8 kernel saturates 8-bit activations (no VNNI): build int8-calibrated with --activation-bits 7")
+    return round_trip(module)  # so no executor state from before the rewrite survives

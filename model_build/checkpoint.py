@@ -9,12 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from artifact.encoding import LABELS
 from model_build.errors import BuildError
 
 log = logging.getLogger(__name__)
 
-LABELS = ("not_paraphrase", "paraphrase")  # index 1 = paraphrase, as in GLUE MRPC
-TRACE_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# Set in config.json by `init-tiny`: the weights are random, and every artifact built from them says so.
+RANDOM_INIT_KEY = "paraserve_random_init"
 
 
 @dataclass
@@ -25,6 +26,7 @@ class Checkpoint:
     model: Any  # transformers.BertForSequenceClassification
     tokenizer: Any  # transformers fast tokenizer
     config_sha256: str
+    random_init: bool = False
 
 
 def read_config(model_dir: Path) -> dict[str, Any]:
@@ -76,7 +78,7 @@ def load_for_tracing(model_dir: Path, *, attn_implementation: str = "eager") -> 
         raise BuildError(f"{model_dir} has {num_labels} labels; a paraphrase classifier needs exactly 2")
     tokenizer = load_tokenizer(model_dir, config.get("vocab_size"))
     model = _from_pretrained(model_dir, attn_implementation=attn_implementation)
-    return Checkpoint(model_dir, model, tokenizer, config_hash(model_dir))
+    return Checkpoint(model_dir, model, tokenizer, config_hash(model_dir), bool(config.get(RANDOM_INIT_KEY)))
 
 
 def load_base(model_dir: Path, *, attn_implementation: str = "eager") -> Checkpoint:

@@ -9,7 +9,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from model_build.errors import BuildError
+from artifact.errors import UserError
+from artifact.manifest import Variant
 
 log = logging.getLogger("model_build")
 
@@ -31,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--variant",
         action="append",
-        choices=["fp32", "int8", "debug", "eager-int8", "int8-calibrated", "all"],
+        choices=[*Variant, "all"],
         help="repeat for several (default: all; int8-calibrated only with --calibration-data)",
     )
     build.add_argument("--batch-size", type=int, default=8)
@@ -46,8 +47,13 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--attn", default="eager", choices=["eager", "sdpa"], help="attention implementation to trace")
     build.add_argument("--calibration-data", type=Path, default=None, help="GLUE MRPC folder whose train split calibrates int8-calibrated")
     build.add_argument("--calibration-pairs", type=int, default=512, help="train pairs to calibrate on (seeded sample)")
+    build.add_argument("--activation-bits", type=int, default=8, choices=[7, 8], help="int8-calibrated activation width")
     build.add_argument(
-        "--activation-bits", type=int, default=8, choices=[7, 8], help="int8-calibrated activation width (7: CPUs that saturate)"
+        "--weight-bits",
+        type=int,
+        default=7,
+        choices=[7, 8],
+        help="int8-calibrated weight width: 7 (default) runs exactly on every x86-64 CPU; 8 with 8-bit activations needs VNNI",
     )
     build.add_argument("--name", default=None, help="model name recorded in the manifest (default: the folder name)")
     build.add_argument("--force", action="store_true", help="replace --out if it exists")
@@ -118,13 +124,14 @@ def _run(args: argparse.Namespace) -> int:
             calibration_data=args.calibration_data,
             calibration_pairs=args.calibration_pairs,
             activation_bits=args.activation_bits,
+            weight_bits=args.weight_bits,
         )
         manifests = build(args.model_dir, args.out, opts)
         print(f"{'variant':15s} {'MB':>8s} {'max|dlogit|':>12s} {'max|dscore|':>12s} {'argmax agree':>12s}  path")
         for variant, m in manifests.items():
-            p = m["parity"]
+            p = m.parity
             figures = f"{p['max_abs_logit_diff']:12.2e} {p['max_abs_score_diff']:12.2e} {p['argmax_agreement']:12.1%}"
-            print(f"{variant:15s} {m['model_bytes'] / 1e6:8.1f} {figures}  {args.out / variant}")
+            print(f"{variant:15s} {m.model_bytes / 1e6:8.1f} {figures}  {args.out / variant}")
     elif args.command == "inspect":
         from model_build.inspect_artifact import inspect, render
 
@@ -161,12 +168,12 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; a BuildError prints one line and returns 2."""
+    """Run one command; a UserError (bad input, bad artifact, unsupported host) prints one line and returns 2."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     _quiet_transformers()
     try:
         return _run(args)
-    except BuildError as exc:
+    except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

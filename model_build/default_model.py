@@ -6,7 +6,8 @@ import hashlib
 import logging
 from pathlib import Path
 
-from model_build.artifact import ArtifactError, verify_artifact
+from artifact.errors import ArtifactError
+from artifact.manifest import Variant, verify_artifact
 from model_build.build import BuildOptions, build, default_variants
 from model_build.checkpoint import config_hash, read_config
 from model_build.errors import BuildError
@@ -16,17 +17,17 @@ from model_build.mrpc import split_path
 log = logging.getLogger(__name__)
 
 DEFAULT_NAME = "minilm-l6-mrpc"
-SERVED_VARIANTS = ("fp32", "int8", "int8-calibrated")
+SERVED_VARIANTS = (Variant.FP32, Variant.INT8, Variant.INT8_CALIBRATED)
 
 
-def _cached(artifacts: Path, config_sha256: str | None, variants: tuple[str, ...]) -> bool:
+def _cached(artifacts: Path, config_sha256: str | None, variants: tuple[Variant, ...]) -> bool:
     try:
         manifests = [verify_artifact(artifacts / v) for v in variants]
     except ArtifactError as exc:
         if artifacts.exists():
             log.warning("cached artifacts are not usable (%s); rebuilding", exc)
         return False
-    return config_sha256 is None or all(m["source"]["config_sha256"] == config_sha256 for m in manifests)
+    return config_sha256 is None or all(m.source.config_sha256 == config_sha256 for m in manifests)
 
 
 def ensure_default_artifacts(cache: Path, data_dir: Path, model_dir: Path | None = None) -> Path:

@@ -1,7 +1,9 @@
-"""The one exception type the build commands raise for a user's mistake."""
+"""The exception type the build commands raise for a user's mistake."""
+
+from artifact.errors import UserError
 
 
-class BuildError(Exception):
+class BuildError(UserError):
     """A problem with the user's input: the CLI prints it on one line and exits 2."""
 
 

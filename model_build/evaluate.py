@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from model_build.metrics import f1_accuracy
+from artifact.encoding import label_for
+from artifact.kernels import cpu_description
+from artifact.runtime import Padding, Runtime
 from model_build.mrpc import load_split
 from model_build.progress import progress
+from model_build.scoring import f1_accuracy
 
 # The tutorial's published figures (bert-base, MRPC dev, 8x128 batches, one thread) for side-by-side reading.
 TUTORIAL = {"fp32": {"f1": 0.901, "size_mb": 438}, "int8": {"f1": 0.902, "size_mb": 184}}
@@ -22,30 +24,27 @@ def evaluate_artifacts(
     split: str = "dev",
     limit: int | None = None,
     threads: int = 1,
-    padding: str = "fixed",
+    padding: Padding = "fixed",
 ) -> list[dict[str, Any]]:
     """Evaluate each artifact on one MRPC split, 8 pairs at a time in file order; one result row per artifact.
 
     `padding` defaults to the tutorial's fixed 8x128 so times compare across variants; "auto" is what the service does.
     """
-    from app.runtime import Runtime
-
     pairs = load_split(data_dir, split)[:limit]
     texts = [(p.sentence1, p.sentence2) for p in pairs]
     labels = [p.label for p in pairs]
     results = []
     for artifact_dir in artifact_dirs:
-        runtime = Runtime.load(artifact_dir, threads=threads, padding=padding)  # type: ignore[arg-type]
+        runtime = Runtime.load(artifact_dir, threads=threads, padding=padding)
         runtime.warm_up(1)
         rows = runtime.encode(texts)
         scores: list[float] = []
         forward_seconds = 0.0
-        batches = range(0, len(rows), runtime.batch_size)
-        for start in progress(iterable=batches, desc=f"evaluate {runtime.variant}", unit="batch"):
-            t0 = time.perf_counter()
-            scores += runtime.forward(rows[start : start + runtime.batch_size]).scores
-            forward_seconds += time.perf_counter() - t0
-        figures = f1_accuracy(labels, [int(s >= 0.5) for s in scores])
+        n_batches = -(-len(rows) // runtime.batch_size)
+        for result in progress(iterable=runtime.batches(rows), total=n_batches, desc=f"evaluate {runtime.variant}", unit="batch"):
+            scores += result.scores
+            forward_seconds += result.seconds
+        figures = f1_accuracy(labels, [int(label_for(s) == "paraphrase") for s in scores])
         results.append(
             {
                 "artifact": str(artifact_dir),
@@ -56,12 +55,14 @@ def evaluate_artifacts(
                 "f1": figures["f1"],
                 "accuracy": figures["accuracy"],
                 "model_bytes": runtime.model_bytes,
-                "batches": len(batches),
+                "batches": n_batches,
                 "inference_seconds": forward_seconds,
-                "seconds_per_batch": forward_seconds / len(batches),
+                "seconds_per_batch": forward_seconds / n_batches,
                 "threads": threads,
-                "trace_shape": runtime.manifest["trace_shape"],
+                "trace_shape": [runtime.batch_size, runtime.seq_len],
                 "padding": runtime.padding,
+                "scores": scores,
+                "cpu": cpu_description(),
             }
         )
     return results

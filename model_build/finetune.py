@@ -12,11 +12,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from artifact.encoding import EncodedPair, pad_batch
 from model_build.checkpoint import load_base
 from model_build.errors import BuildError
-from model_build.metrics import f1_accuracy
 from model_build.mrpc import Pair, load_split
 from model_build.progress import progress
+from model_build.scoring import f1_accuracy
 
 log = logging.getLogger(__name__)
 
@@ -73,38 +74,29 @@ def length_sorted_batches(lengths: list[int], batch_size: int, rng: random.Rando
     return batches
 
 
-def _encode(tokenizer: Any, pairs: list[Pair], max_length: int) -> list[dict[str, list[int]]]:
+def _encode(tokenizer: Any, pairs: list[Pair], max_length: int) -> list[EncodedPair]:
     enc = tokenizer(
         [p.sentence1 for p in pairs],
         [p.sentence2 for p in pairs],
         truncation="longest_first",
         max_length=max_length,
     )
-    return [{"input_ids": enc["input_ids"][i], "token_type_ids": enc["token_type_ids"][i]} for i in range(len(pairs))]
+    return [EncodedPair(tuple(enc["input_ids"][i]), tuple(enc["token_type_ids"][i])) for i in range(len(pairs))]
 
 
-def _collate(rows: list[dict[str, list[int]]]) -> dict[str, Any]:
-    import torch
-
-    width = max(len(r["input_ids"]) for r in rows)
-    ids = torch.zeros((len(rows), width), dtype=torch.long)
-    types = torch.zeros_like(ids)
-    mask = torch.zeros_like(ids)
-    for i, r in enumerate(rows):
-        n = len(r["input_ids"])
-        ids[i, :n] = torch.tensor(r["input_ids"])
-        types[i, :n] = torch.tensor(r["token_type_ids"])
-        mask[i, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+def _collate(rows: list[EncodedPair]) -> dict[str, Any]:
+    """Rows padded to the longest of them (dynamic padding), as the model's keyword arguments."""
+    padded = pad_batch(rows, len(rows), max(len(r) for r in rows))
+    return {"input_ids": padded.input_ids, "attention_mask": padded.attention_mask, "token_type_ids": padded.token_type_ids}
 
 
-def evaluate_eager(model: Any, encoded: list[dict[str, list[int]]], labels: list[int], batch_size: int = 32) -> dict[str, float]:
+def evaluate_eager(model: Any, encoded: list[EncodedPair], labels: list[int], batch_size: int = 32) -> dict[str, float]:
     """Dev F1/accuracy of the eager model with dynamic padding (fast; the artifact evaluator is the reference)."""
     import torch
 
     model.eval()
     predictions: list[int] = []
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]["input_ids"]))
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     by_index: dict[int, int] = {}
     with torch.no_grad():
         for start in range(0, len(order), batch_size):
@@ -140,7 +132,7 @@ def finetune(
     train_enc = _encode(tokenizer, train, cfg.max_length)
     dev_enc = _encode(tokenizer, dev, cfg.max_length)
     train_labels = [p.label for p in train]
-    lengths = [len(r["input_ids"]) for r in train_enc]
+    lengths = [len(r) for r in train_enc]
 
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs

@@ -9,9 +9,9 @@ from typing import Any
 
 import torch
 
-from model_build import artifact
+from artifact.manifest import Variant, verify_artifact
+from artifact.quiet import load_module
 from model_build.build import op_counts
-from model_build.quiet import deprecations_silenced
 
 
 def weight_summaries(module: torch.jit.ScriptModule, layer_names: list[str] | None = None) -> list[dict[str, Any]]:
@@ -65,16 +65,15 @@ def _packed_params(module: torch.jit.ScriptModule) -> Iterator[tuple[str, Any]]:
 
 def inspect(artifact_dir: Path) -> dict[str, Any]:
     """Verify the artifact's sha256 and return what `inspect` prints."""
-    manifest = artifact.verify_artifact(artifact_dir)
-    with deprecations_silenced():
-        module = torch.jit.load(str(artifact_dir / manifest["model_file"]), map_location="cpu")
+    manifest = verify_artifact(artifact_dir)
+    module = load_module(artifact_dir / manifest.model_file)
     return {
         "artifact": str(artifact_dir),
         "sha256_verified": True,
-        "model_bytes": manifest["model_bytes"],
-        "manifest": manifest,
+        "model_bytes": manifest.model_bytes,
+        "manifest": manifest.to_json(),
         "op_counts": op_counts(module),
-        "int8_weights": weight_summaries(module, manifest.get("linear_layers")) if manifest["variant"] != "fp32" else [],
+        "int8_weights": weight_summaries(module, list(manifest.linear_layers)) if manifest.variant != Variant.FP32 else [],
     }
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from model_build.checkpoint import LABELS, load_tokenizer
+from artifact.encoding import LABELS
+from model_build.checkpoint import RANDOM_INIT_KEY, load_tokenizer
 from model_build.errors import BuildError
 from model_build.finetune import default_base_model
 
@@ -32,6 +33,7 @@ def init_tiny(out: Path, *, seed: int = 0, layers: int = 2, hidden: int = 32, fo
         architectures=["BertForSequenceClassification"],
         # Wider than BERT's 0.02 so the random logits differ between inputs and the checks have something to see.
         initializer_range=0.2,
+        **{RANDOM_INIT_KEY: True},
     )
     torch.manual_seed(seed)
     model = BertForSequenceClassification(config).eval()

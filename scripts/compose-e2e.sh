@@ -19,13 +19,13 @@ scripts/setup.sh
 scripts/fetch-torch-wheel.sh >/dev/null
 
 if .venv/bin/python -c "
-import sys; from pathlib import Path; from model_build.artifact import verify_artifact
+import sys; from pathlib import Path; from artifact.manifest import verify_artifact
 [verify_artifact(Path('model-cache/default/artifacts') / v) for v in ('fp32', 'int8-calibrated')]" 2>/dev/null; then
     export ARTIFACTS=model-cache/default/artifacts
     say "using the cached default model"
 else
     export ARTIFACTS=model-cache/e2e-tiny/artifacts
-    if ! .venv/bin/python -c "from pathlib import Path; from model_build.artifact import verify_artifact; verify_artifact(Path('$ARTIFACTS/int8-calibrated'))" 2>/dev/null; then
+    if ! .venv/bin/python -c "from pathlib import Path; from artifact.manifest import verify_artifact; verify_artifact(Path('$ARTIFACTS/int8-calibrated'))" 2>/dev/null; then
         say "building a tiny model for the images (calibrated on ${MRPC_DIR:-../shared/data/mrpc})"
         .venv/bin/python -m model_build --log-level WARNING init-tiny --out model-cache/e2e-tiny/checkpoint --force >/dev/null
         .venv/bin/python -m model_build --log-level WARNING build --model-dir model-cache/e2e-tiny/checkpoint --out "$ARTIFACTS" \

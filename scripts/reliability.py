@@ -26,8 +26,8 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from app.local_server import LocalServer, start_server
-from app.scrape import metric_delta, metric_sum, samples
+from harness.local_server import LocalServer, start_server
+from harness.scrape import metric_delta, metric_sum, samples
 from model_build.parity_pairs import PARITY_PAIRS
 
 CLIENT_TIMEOUT_S = 60.0  # generous: a request without an answer in a minute is "lost"

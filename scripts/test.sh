@@ -8,4 +8,5 @@ export TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/hadolint Dockerfile
+.venv/bin/lint-imports --no-cache
 .venv/bin/python -m pytest "$@"

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from app.local_server import start_server
+from harness.local_server import start_server
 
 
 @contextmanager

@@ -10,8 +10,8 @@ from prometheus_client import CollectorRegistry
 
 from app.config import Settings
 from app.main import create_app
-from app.runtime import BatchResult, Runtime
-from model_build.encoding import EncodedPair
+from artifact.encoding import EncodedPair
+from artifact.runtime import BatchResult, Runtime
 
 
 class GatedRuntime(Runtime):

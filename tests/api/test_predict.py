@@ -205,7 +205,7 @@ def test_openapi_documents_the_example_and_limits(client: TestClient):
 
 
 def test_bucketed_padding_serves_the_same_scores_as_fixed_padding(tiny_artifacts: Path):
-    from app.runtime import Runtime
+    from artifact.runtime import Runtime
 
     fp32 = tiny_artifacts / "fp32"  # fp32: padding is masked out exactly, whatever the grouping of rows
     app = create_app(settings_for(fp32, padding="buckets"), registry=CollectorRegistry())

@@ -71,9 +71,8 @@ def test_a_missing_artifact_refuses_to_start(tmp_path: Path):
 
 
 def test_a_dead_worker_turns_readyz_503_and_stops_the_server(int8_dir: Path, runtime: GatedRuntime):
-    app = create_app(settings_for(int8_dir), runtime=runtime, registry=CollectorRegistry())
     stopped: list[bool] = []
-    app.state.stop_server = lambda: stopped.append(True)
+    app = create_app(settings_for(int8_dir), runtime=runtime, registry=CollectorRegistry(), stop_server=lambda: stopped.append(True))
     with TestClient(app) as c:
         assert c.get("/readyz").status_code == 200
         service: PredictionService = app.state.service
@@ -83,8 +82,7 @@ def test_a_dead_worker_turns_readyz_503_and_stops_the_server(int8_dir: Path, run
         r = c.post("/predict", json={"pairs": [PAIR]})
         assert r.status_code == 503 and r.json()["error_type"] == "not_ready"
     # and a loop that raises on a bug of its own
-    app2 = create_app(settings_for(int8_dir), runtime=runtime, registry=CollectorRegistry())
-    app2.state.stop_server = lambda: stopped.append(True)
+    app2 = create_app(settings_for(int8_dir), runtime=runtime, registry=CollectorRegistry(), stop_server=lambda: stopped.append(True))
     with TestClient(app2) as c:
 
         async def bug(*_: object) -> None:
@@ -94,14 +92,14 @@ def test_a_dead_worker_turns_readyz_503_and_stops_the_server(int8_dir: Path, run
         r = c.post("/predict", json={"pairs": [PAIR]})
         assert r.status_code == 500 and r.json() == {"error": "the model worker stopped", "error_type": "inference"}
         assert c.get("/readyz").status_code == 503
-        assert app2.state.fatal is not None
+        assert app2.state.service.fatal is not None
     assert stopped == [True, True]
 
 
 def test_a_client_that_leaves_frees_its_queue_slots(int8_dir: Path, runtime: GatedRuntime):
     async def scenario() -> tuple[int, int]:
-        service = PredictionService(runtime, settings_for(int8_dir, max_batch_wait_ms=0), Metrics(CollectorRegistry()))
-        await service.start()
+        service = PredictionService(settings_for(int8_dir, max_batch_wait_ms=0), Metrics(CollectorRegistry()))
+        await service.start(runtime)
         runtime.gate.clear()
         runtime.entered.clear()
         blocker = asyncio.ensure_future(service.predict([("a", "b")] * 8))  # holds the model

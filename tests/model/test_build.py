@@ -1,21 +1,22 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-from model_build import artifact
+from artifact import manifest as artifact
+from artifact.encoding import PairEncoder, pad_batch
+from artifact.kernels import FIXED_RANGE_OP
+from artifact.quiet import deprecations_silenced
 from model_build.build import BuildOptions, build_variants, count_linears, op_counts, quantize_int8, run, trace
-from model_build.calibration import FIXED_RANGE_OP
 from model_build.checkpoint import load_for_tracing
 from model_build.cli import main
-from model_build.encoding import PairEncoder, pad_batch
 from model_build.errors import BuildError
 from model_build.parity_pairs import PARITY_PAIRS
-from model_build.quiet import deprecations_silenced
 
 TINY_LINEARS = 2 * 6 + 2  # 6 per encoder layer, plus pooler and classifier
 
@@ -87,14 +88,17 @@ def test_activation_qparams_span_the_calibrated_range():
         activation_ranges(ranges, ["a"], 4)
 
 
-def test_this_cpus_int8_kernel_is_exact_at_8_bit_activations():
-    from model_build.calibration import int8_kernel_exact
+def test_the_int8_kernel_probe_tells_vnni_from_avx2():
+    from artifact.kernels import int8_kernel_exact
 
-    assert int8_kernel_exact()  # AVX512-VNNI here; the build and the runtime refuse 8 bits where it is not
+    flags = Path("/proc/cpuinfo").read_text().split()
+    vnni = ("avx512_vnni" in flags or "avx_vnni" in flags) and os.environ.get("FBGEMM_ENABLE_INSTRUCTIONS", "").upper() != "AVX2"
+    assert int8_kernel_exact() is vnni
 
 
 def test_fixing_ranges_needs_one_range_per_linear(tiny_checkpoint: Path, tmp_path: Path):
-    from model_build.calibration import ActivationRange, fix_activation_ranges
+    from artifact.manifest import ActivationRange
+    from model_build.calibration import fix_activation_ranges
 
     ckpt = load_for_tracing(tiny_checkpoint)
     module = quantize_int8(trace(ckpt.model, _batches(ckpt, tmp_path)[0]))

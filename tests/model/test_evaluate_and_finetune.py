@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from app.runtime import Runtime
+from artifact.runtime import Runtime
 from model_build.cli import main
 from model_build.evaluate import evaluate_artifacts, render_table
-from model_build.metrics import f1_accuracy
 from model_build.mrpc import load_split
+from model_build.scoring import f1_accuracy
 from tests.conftest import MRPC_HEADER, write_mrpc
 
 

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from model_build.errors import BuildError
-from model_build.metrics import f1_accuracy
 from model_build.mrpc import load_split, read_tsv
+from model_build.scoring import f1_accuracy
 from tests.conftest import MRPC_HEADER, write_mrpc
 
 

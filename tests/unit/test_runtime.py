@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import shutil
 from pathlib import Path
 
 import pytest
 
-from app.runtime import Runtime
-from model_build.encoding import EncodedPair
+from artifact.encoding import EncodedPair
+from artifact.errors import ArtifactError
+from artifact.runtime import Runtime
 from model_build.parity_pairs import PARITY_PAIRS
 
 
@@ -33,8 +37,8 @@ def test_buckets_use_the_cheapest_verified_shape(tiny_artifacts: Path):
 
 def test_buckets_only_use_shapes_the_manifest_verified(tiny_artifacts: Path):
     rt = Runtime.load(tiny_artifacts / "int8", padding="buckets")
-    rt.manifest = dict(rt.manifest, verified_shapes=[[8, 64], [8, 128]])
-    narrowed = Runtime(rt.artifact_dir, rt.manifest, rt.module, "buckets")
+    manifest = dataclasses.replace(rt.manifest, verified_shapes=((8, 64), (8, 128)))
+    narrowed = Runtime(rt.artifact_dir, manifest, rt.module, "buckets")
     assert narrowed.shape_for([row(5)]) == (8, 64)
 
 
@@ -53,10 +57,8 @@ def test_auto_padding_buckets_only_artifacts_built_batch_invariant(tiny_artifact
     assert Runtime.load(tiny_artifacts / variant, padding="fixed").padding == "fixed"  # an explicit choice wins
 
 
-def test_int8_calibrated_refuses_an_engine_or_cpu_it_cannot_run_on(tiny_artifacts: Path, monkeypatch: pytest.MonkeyPatch):
+def test_int8_calibrated_refuses_an_engine_or_cpu_it_cannot_run_on(tiny_artifacts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     import torch
-
-    from model_build.artifact import ArtifactError
 
     engine = torch.backends.quantized.engine
     try:
@@ -64,9 +66,11 @@ def test_int8_calibrated_refuses_an_engine_or_cpu_it_cannot_run_on(tiny_artifact
             Runtime.load(tiny_artifacts / "int8-calibrated", quantized_engine="onednn")
     finally:
         torch.backends.quantized.engine = engine
-    monkeypatch.setattr("model_build.calibration.int8_kernel_exact", lambda: False)
-    with pytest.raises(ArtifactError, match="saturates 8-bit activations"):
-        Runtime.load(tiny_artifacts / "int8-calibrated")
+    monkeypatch.setattr("artifact.kernels.int8_kernel_exact", lambda: False)  # an AVX2-only CPU
+    Runtime.load(tiny_artifacts / "int8-calibrated")  # 8-bit activations x 7-bit weights: exact there too
+    eight_by_eight = with_int8_widths(tiny_artifacts / "int8-calibrated", tmp_path / "int8-calibrated", weight_bits=8)
+    with pytest.raises(ArtifactError, match="saturates 8-bit activations x 8-bit weights"):
+        Runtime.load(eight_by_eight)
     Runtime.load(tiny_artifacts / "int8")  # dynamic int8 has no such need
 
 
@@ -85,3 +89,34 @@ def test_int8_calibrated_scores_do_not_depend_on_companions_or_padding(tiny_arti
         ]
         spread = max(scores) - min(scores)
         assert (spread < 1e-6) is invariant, (variant, scores)
+
+
+def with_int8_widths(source: Path, copy: Path, *, weight_bits: int) -> Path:
+    """A copy of an int8-calibrated artifact whose manifest claims other weight widths (as a VNNI-only build would)."""
+    shutil.copytree(source, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["int8"]["weight_bits"] = weight_bits
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    return copy
+
+
+def test_an_artifacts_root_serves_the_best_variant_this_host_runs(tiny_artifacts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from artifact.kernels import int8_kernel_exact
+    from artifact.runtime import choose_artifact
+
+    assert choose_artifact(tiny_artifacts).folder == tiny_artifacts / "int8-calibrated"
+    assert choose_artifact(tiny_artifacts / "fp32").folder == tiny_artifacts / "fp32"  # an explicit variant stays
+    root = tmp_path / "artifacts"
+    root.mkdir()
+    vnni_only = with_int8_widths(tiny_artifacts / "int8-calibrated", root / "int8-calibrated", weight_bits=8)
+    shutil.copytree(tiny_artifacts / "int8", root / "int8")
+    if int8_kernel_exact():
+        assert choose_artifact(vnni_only).folder == vnni_only  # a VNNI host runs it as built
+    monkeypatch.setattr("artifact.kernels.int8_kernel_exact", lambda: False)
+    for given in (root, vnni_only):
+        choice = choose_artifact(given)
+        assert choice.folder == root / "int8", choice
+    assert "saturates" in choose_artifact(vnni_only).reason and "serving int8" in choose_artifact(vnni_only).reason
+    shutil.rmtree(root / "int8")
+    with pytest.raises(ArtifactError, match="saturates"):
+        choose_artifact(vnni_only)  # nothing here can run: refused

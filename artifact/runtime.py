@@ -1,37 +1,95 @@
-"""Load a verified artifact and score batches of sentence pairs with it; knows nothing of HTTP."""
+"""Load a verified artifact and score batches of sentence pairs with it; knows nothing of HTTP or of training."""
 
 from __future__ import annotations
 
 import ctypes
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 
-from model_build.artifact import ArtifactError, verify_artifact
-from model_build.calibration import require_fixed_range_kernel
-from model_build.encoding import EncodedPair, PaddedBatch, PairEncoder, pad_batch, paraphrase_scores
-from model_build.errors import BuildError
-from model_build.quiet import deprecations_silenced
+from artifact.encoding import EncodedPair, PaddedBatch, PairEncoder, pad_batch, paraphrase_scores
+from artifact.errors import ArtifactError, KernelUnsupported
+from artifact.kernels import require_fixed_range_kernel
+from artifact.manifest import MANIFEST_FILE, Manifest, Variant, read_manifest, variant_folders, verify_artifact
+from artifact.quiet import load_module
 
 log = logging.getLogger(__name__)
 
 Padding = Literal["auto", "fixed", "buckets"]
+# What to serve from an artifacts root, best first: batch-invariant int8, then dynamic int8, then fp32.
+SERVING_PREFERENCE = (Variant.INT8_CALIBRATED, Variant.INT8, Variant.FP32)
 
 
-def batch_invariant(manifest: dict[str, Any]) -> bool:
-    """Whether the build showed this artifact's logits for a row do not depend on its batch or padding."""
-    return bool((manifest.get("batch_invariance") or {}).get("batch_invariant"))
-
-
-def resolve_padding(padding: Padding, manifest: dict[str, Any]) -> Literal["fixed", "buckets"]:
+def resolve_padding(padding: Padding, manifest: Manifest) -> Literal["fixed", "buckets"]:
     """auto: length buckets for batch-invariant artifacts (same answers, less padding), else the fixed trace shape."""
     if padding == "auto":
-        return "buckets" if batch_invariant(manifest) else "fixed"
+        return "buckets" if manifest.is_batch_invariant else "fixed"
     return padding
+
+
+def check_runnable(manifest: Manifest) -> None:
+    """KernelUnsupported when this process cannot reproduce the artifact's verified int8 numerics."""
+    if manifest.variant != Variant.INT8_CALIBRATED:
+        return  # fp32 and dynamic int8 run on every engine and kernel path
+    scheme = manifest.int8
+    if scheme is None or scheme.activation_bits is None:
+        raise ArtifactError(f"{manifest.name} ({manifest.variant}) records no int8 widths: rebuild the artifact")
+    try:
+        require_fixed_range_kernel(scheme.activation_bits, scheme.weight_bits)
+    except KernelUnsupported as exc:
+        raise KernelUnsupported(f"{manifest.name} ({manifest.variant}) cannot run here: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The artifact folder to serve, and why it was chosen (one log line)."""
+
+    folder: Path
+    reason: str
+
+
+def choose_artifact(path: Path) -> Choice:
+    """The folder to serve for `path`: a variant folder, or an artifacts root holding several.
+
+    A root serves the best variant this host can run (SERVING_PREFERENCE). A variant folder this host cannot run
+    falls back to the best runnable sibling, so an image or cache built on a VNNI host still serves on an AVX2 one;
+    only when nothing there can run is it refused.
+    """
+    if (path / MANIFEST_FILE).is_file():
+        wanted = read_manifest(path)
+        try:
+            check_runnable(wanted)
+            return Choice(path, f"{wanted.variant} as configured")
+        except KernelUnsupported as exc:
+            refusal = exc
+        candidates = [f for f in variant_folders(path.parent, SERVING_PREFERENCE) if f != path]
+    else:
+        if not path.is_dir():
+            raise ArtifactError(f"artifact folder {path} does not exist")
+        refusal = None
+        candidates = variant_folders(path, SERVING_PREFERENCE)
+        if not candidates:
+            raise ArtifactError(
+                f"{path} holds no artifact: neither a {MANIFEST_FILE} nor a variant folder ({', '.join(SERVING_PREFERENCE)})"
+            )
+    skipped = []
+    for folder in candidates:
+        manifest = read_manifest(folder)
+        try:
+            check_runnable(manifest)
+        except KernelUnsupported as exc:
+            skipped.append(str(exc))
+            continue
+        why = f"{refusal}; serving {manifest.variant} from {folder.name}/ instead" if refusal else f"best variant this host runs in {path}"
+        return Choice(folder, why + (f" (skipped: {'; '.join(skipped)})" if skipped and not refusal else ""))
+    if refusal is not None:
+        raise refusal
+    raise KernelUnsupported(f"no variant in {path} can run here: {'; '.join(skipped)}")
 
 
 @dataclass(frozen=True)
@@ -40,25 +98,25 @@ class BatchResult:
 
     scores: list[float]
     padded: PaddedBatch
+    seconds: float
 
 
 class Runtime:
     """A TorchScript paraphrase classifier, its tokenizer, and the input shapes its build verified."""
 
-    def __init__(self, artifact_dir: Path, manifest: dict[str, Any], module: torch.jit.ScriptModule, padding: Padding = "auto") -> None:
+    def __init__(self, artifact_dir: Path, manifest: Manifest, module: torch.jit.ScriptModule, padding: Padding = "auto") -> None:
         self.artifact_dir = artifact_dir
         self.manifest = manifest
         self.module = module
         self.padding = resolve_padding(padding, manifest)
-        self.batch_size: int = manifest["trace_shape"]["batch_size"]
-        self.seq_len: int = manifest["trace_shape"]["seq_len"]
+        self.batch_size = manifest.trace_shape.batch_size
+        self.seq_len = manifest.trace_shape.seq_len
         trace_shape = (self.batch_size, self.seq_len)
         # Only shapes the build verified; "fixed" is the tutorial's single 8x128 shape.
-        verified = {(int(r), int(c)) for r, c in manifest.get("verified_shapes", [trace_shape])} | {trace_shape}
+        verified = set(manifest.verified_shapes) | {trace_shape}
         self.shapes = sorted(verified) if self.padding == "buckets" else [trace_shape]
         self.columns = sorted({c for _, c in self.shapes})
-        tokenizer = manifest["tokenizer"]
-        self.encoder = PairEncoder(artifact_dir / tokenizer["file"], int(tokenizer["max_length"]))
+        self.encoder = PairEncoder(artifact_dir / manifest.tokenizer.file, manifest.tokenizer.max_length)
 
     @classmethod
     def load(cls, artifact_dir: Path, *, threads: int = 1, padding: Padding = "auto", quantized_engine: str | None = None) -> Runtime:
@@ -68,38 +126,33 @@ class Runtime:
         if quantized_engine:
             # Before loading: int8 weights are repacked for the active engine when the module is deserialized.
             torch.backends.quantized.engine = quantized_engine
-        _check_int8_kernel(manifest)
-        with deprecations_silenced():
-            module = torch.jit.load(str(artifact_dir / manifest["model_file"]), map_location="cpu")
+        check_runnable(manifest)
+        module = load_module(artifact_dir / manifest.model_file)
         module.eval()
         for parameter in module.parameters():
             parameter.requires_grad_(False)  # serving never needs autograd; keeps every call in one grad mode
         _use_simple_executor()
         _keep_freed_memory()
-        log.info(
-            "loaded %s (%s, %d bytes, sha256 %s)",
-            manifest["name"],
-            manifest["variant"],
-            manifest["model_bytes"],
-            manifest["model_sha256"][:12],
-        )
+        log.info("loaded %s (%s, %d bytes, sha256 %s)", manifest.name, manifest.variant, manifest.model_bytes, manifest.model_sha256[:12])
+        if manifest.source.random_init:
+            log.warning("%s was built from a random checkpoint (init-tiny): its answers are random, not a paraphrase model", manifest.name)
         return cls(artifact_dir, manifest, module, padding)
 
     @property
     def variant(self) -> str:
-        return str(self.manifest["variant"])
+        return str(self.manifest.variant)
 
     @property
     def name(self) -> str:
-        return str(self.manifest["name"])
+        return self.manifest.name
 
     @property
     def sha256(self) -> str:
-        return str(self.manifest["model_sha256"])
+        return self.manifest.model_sha256
 
     @property
     def model_bytes(self) -> int:
-        return int(self.manifest["model_bytes"])
+        return self.manifest.model_bytes
 
     def encode(self, pairs: Sequence[tuple[str, str]]) -> list[EncodedPair]:
         """Tokenize pairs exactly as the build verified (longest_first truncation to the trace length)."""
@@ -117,23 +170,26 @@ class Runtime:
     def forward(self, rows: Sequence[EncodedPair]) -> BatchResult:
         """Run up to batch_size rows padded to a verified shape; return P(paraphrase) per real row."""
         padded = pad_batch(rows, *self.shape_for(rows))
+        started = time.perf_counter()
         logits = self._logits(padded)
+        seconds = time.perf_counter() - started
         scores = paraphrase_scores(logits[: padded.rows])
         if len(scores) != len(rows):
             raise RuntimeError(f"model returned {len(scores)} scores for {len(rows)} rows")
-        return BatchResult(scores, padded)
+        return BatchResult(scores, padded, seconds)
 
     def _logits(self, padded: PaddedBatch) -> torch.Tensor:
         with torch.inference_mode():
             return self.module(*padded.args())[0]
 
-    def predict(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
-        """Score any number of pairs, batch_size at a time in order (offline use: evaluation, checks)."""
-        rows = self.encode(pairs)
-        scores: list[float] = []
+    def batches(self, rows: Sequence[EncodedPair]) -> Iterator[BatchResult]:
+        """Forward rows batch_size at a time, in order (offline use: evaluation, checks)."""
         for start in range(0, len(rows), self.batch_size):
-            scores += self.forward(rows[start : start + self.batch_size]).scores
-        return scores
+            yield self.forward(rows[start : start + self.batch_size])
+
+    def predict(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+        """Score any number of pairs in order."""
+        return [score for result in self.batches(self.encode(pairs)) for score in result.scores]
 
     def warm_up(self, rounds: int = 2) -> None:
         """Run every shape this runtime may use, so no request pays for lazy initialisation or JIT profiling."""
@@ -141,16 +197,6 @@ class Runtime:
         for _ in range(rounds):
             for n_rows, cols in self.shapes:
                 self._logits(pad_batch([row] * n_rows, n_rows, cols))
-
-
-def _check_int8_kernel(manifest: dict[str, Any]) -> None:
-    """The build's check for int8-calibrated, again here: the artifact may have been built on another machine."""
-    if manifest["variant"] != "int8-calibrated":
-        return
-    try:
-        require_fixed_range_kernel((manifest.get("qconfig") or {}).get("activation_bits", 8))
-    except BuildError as exc:
-        raise ArtifactError(f"{manifest['name']} cannot run here: {exc}") from exc
 
 
 def _keep_freed_memory() -> bool:

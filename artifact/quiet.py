@@ -1,15 +1,19 @@
 """Silence, by exact message, the deprecation notices torch 2.13 and transformers 5 print on the APIs we use on purpose.
 
 torch 2.13 deprecates TorchScript (torch.jit.*) and the quantized tensor types in favour of torch.export and
-torchao; torchao's int8 path is ~40x slower than fp32 on this AVX2 CPU, so paraserve stays on
+torchao; torchao's int8 path measured ~40x slower than fp32 on these CPUs, so paraserve stays on
 torch.ao + TorchScript with torch pinned to 2.13.0 (see README). Only these messages are filtered.
 """
 
 from __future__ import annotations
 
+import io
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+
+import torch
 
 # (message regex, category) pairs; regexes match at the start of the warning text.
 KNOWN_NOTICES: tuple[tuple[str, type[Warning]], ...] = (
@@ -36,3 +40,23 @@ def deprecations_silenced(*, tracing: bool = False) -> Iterator[None]:
         for message, category in KNOWN_NOTICES + (TRACER_NOTICES if tracing else ()):
             warnings.filterwarnings("ignore", message=message, category=category)
         yield
+
+
+def load_module(source: Path | io.BytesIO) -> torch.jit.ScriptModule:
+    """torch.jit.load on the CPU, with the known notices filtered."""
+    with deprecations_silenced():
+        return torch.jit.load(source if isinstance(source, io.BytesIO) else str(source), map_location="cpu")
+
+
+def save_module(module: torch.jit.ScriptModule, target: Path | io.BytesIO) -> None:
+    """torch.jit.save, with the known notices filtered."""
+    with deprecations_silenced():
+        torch.jit.save(module, target if isinstance(target, io.BytesIO) else str(target))
+
+
+def round_trip(module: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
+    """The module through bytes and back: a fresh copy with no executor state of the original."""
+    buffer = io.BytesIO()
+    save_module(module, buffer)
+    buffer.seek(0)
+    return load_module(buffer)

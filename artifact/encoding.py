@@ -1,4 +1,4 @@
-"""Pair tokenization and fixed-shape padding, shared by the build checks, the evaluator and the service.
+"""Pair tokenization, padding, and turning logits into answers: shared by the build checks, the evaluator and the service.
 
 Uses the `tokenizers` library directly on the artifact's tokenizer.json, so serving needs no transformers.
 """
@@ -11,6 +11,15 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer
+
+LABELS = ("not_paraphrase", "paraphrase")  # logit index 1 = paraphrase, as in GLUE MRPC
+TRACE_INPUTS = ("input_ids", "attention_mask", "token_type_ids")  # the traced forward's argument order
+DECISION_THRESHOLD = 0.5  # P(paraphrase) at or above it is labelled paraphrase
+
+
+def label_for(score: float, threshold: float = DECISION_THRESHOLD) -> str:
+    """The label of a P(paraphrase) score."""
+    return LABELS[1] if score >= threshold else LABELS[0]
 
 
 @dataclass(frozen=True)
