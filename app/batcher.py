@@ -81,6 +81,7 @@ class Batcher(Generic[RowT]):
         self._closing = False
         self._batches = 0
         self._incoming = 0
+        self._reserved = 0
         self.failure: BaseException | None = None
 
     # ---- lifecycle ------------------------------------------------------------------------------------
@@ -134,27 +135,47 @@ class Batcher(Generic[RowT]):
     # ---- submission -----------------------------------------------------------------------------------
 
     @contextmanager
-    def incoming(self) -> Iterator[None]:
-        """Announce a request on its way in (being tokenized), on the event loop.
+    def incoming(self, rows: int = 0) -> Iterator[None]:
+        """Announce a request of `rows` pairs on its way in (being tokenized), on the event loop, and hold room for it.
 
-        A partial batch waits (up to max_wait from its first row) only while some request is on its way: waiting
-        when none is cannot fill the batch, it only adds max_wait to an idle request's latency.
+        Admission happens here, before tokenization: rows waiting to be tokenized count against the capacity like
+        queued rows, so overload is a 429 at once however the requests arrive (a burst of long-text requests
+        cannot pile up unseen in front of the tokenizer). The room is held until `submit` queues the rows or the
+        request ends. A partial batch waits (up to max_wait from its first row) only while some request is on its
+        way: waiting when none is cannot fill the batch, it only adds max_wait to an idle request's latency.
         """
+        self._admit(rows, reserved=0)
+        self._reserved += rows
         self._incoming += 1
         try:
             yield
         finally:
+            self._reserved -= rows
             self._incoming -= 1
             self._wakeup.set()
 
-    def submit(self, items: Sequence[RowT]) -> list[asyncio.Future[RowResult]]:
-        """Queue all of a request's rows, or none: Overloaded when they do not fit."""
+    def _admit(self, rows: int, *, reserved: int) -> None:
         if self._closing:
             raise ShuttingDown("the service is shutting down")
         if self.failure is not None or not self.alive:
             raise InferenceFailed("the model worker is not running")
-        if len(self._queue) + len(items) > self.capacity:
-            raise Overloaded(f"queue full ({len(self._queue)} of {self.capacity} pairs waiting); retry shortly", retry_after_s=1.0)
+        if len(self._queue) + self._reserved - reserved + rows > self.capacity:
+            waiting = len(self._queue) + self._reserved - reserved
+            raise Overloaded(
+                f"queue full ({waiting} of {self.capacity} pairs waiting or being tokenized); retry shortly", retry_after_s=1.0
+            )
+
+    @property
+    def reserved(self) -> int:
+        """Rows admitted and being tokenized, not yet queued."""
+        return self._reserved
+
+    def submit(self, items: Sequence[RowT], *, reserved: int = 0) -> list[asyncio.Future[RowResult]]:
+        """Queue all of a request's rows, or none: Overloaded when they do not fit.
+
+        `reserved`: rows of this request already admitted by `incoming` (their room is taken over, not counted twice).
+        """
+        self._admit(len(items), reserved=min(reserved, self._reserved))
         loop = asyncio.get_running_loop()
         futures = []
         for item in items:

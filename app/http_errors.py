@@ -45,6 +45,7 @@ KINDS: dict[type[errors.ServiceError], HttpKind] = {
     errors.ShuttingDown: HttpKind(503, "shutting_down"),
 }
 INTERNAL = HttpKind(500, "internal")
+NO_TOKENS = "has no character the tokenizer keeps (only whitespace, control, zero-width or combining characters)"
 # Framework-raised statuses, as domain errors.
 BY_STATUS: dict[int, type[errors.ServiceError]] = {
     400: errors.BadRequest,
@@ -105,7 +106,9 @@ def _validation_error(exc: RequestValidationError) -> errors.ServiceError:
     parts = []
     for e in problems[:5]:
         where = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
-        parts.append(f"{where}: {e.get('msg', 'invalid')}")
+        # The pattern is a 2,400-character class of the code points the tokenizer drops: say what it means instead.
+        message = NO_TOKENS if e.get("type") == "string_pattern_mismatch" else e.get("msg", "invalid")
+        parts.append(f"{where}: {message}")
     more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
     return errors.ValidationFailed("; ".join(parts) + more)
 

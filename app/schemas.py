@@ -6,6 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model
 
+from artifact.encoding import visible_pattern
+
 Label = Literal["not_paraphrase", "paraphrase"]
 
 EXAMPLE_PAIR = {
@@ -28,11 +30,17 @@ class PredictRequestBase(BaseModel):
 
 def request_model(max_pairs: int, max_chars: int) -> type[PredictRequestBase]:
     """The /predict body with this deployment's limits, so OpenAPI documents (and validation enforces) them."""
-    sentence = Annotated[str, StringConstraints(min_length=1, max_length=max_chars, pattern=r"\S")]
+    sentence = Annotated[str, StringConstraints(min_length=1, max_length=max_chars, pattern=visible_pattern())]
     pair = create_model(
         "SentencePair",
         __base__=SentencePairBase,
-        sentence1=(sentence, Field(description=f"First sentence: 1 to {max_chars} characters, not only whitespace.")),
+        sentence1=(
+            sentence,
+            Field(
+                description=f"First sentence: 1 to {max_chars} characters, at least one of which the tokenizer keeps "
+                "(not only whitespace, control, zero-width or combining marks)."
+            ),
+        ),
         sentence2=(sentence, Field(description="Second sentence, same limits.")),
     )
     return create_model(

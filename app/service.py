@@ -18,7 +18,7 @@ import torch
 
 from app.batcher import Batcher, RowResult
 from app.config import Settings
-from app.errors import ClientClosed, NotReady, ShuttingDown
+from app.errors import ClientClosed, NotReady, ShuttingDown, ValidationFailed
 from app.metrics import Metrics
 from artifact.encoding import EncodedPair
 from artifact.kernels import cpu_description
@@ -44,6 +44,8 @@ class Outcome:
     scores: list[float]
     queue_seconds: float
     inference_seconds: float
+    tokens: list[int]  # per pair, special tokens included, after truncation
+    truncated: list[bool]
 
 
 class PredictionService:
@@ -157,18 +159,22 @@ class PredictionService:
     # ---- requests -------------------------------------------------------------------------------------
 
     async def predict(self, pairs: Sequence[tuple[str, str]], disconnected: Callable[[], Awaitable[Any]] | None = None) -> Outcome:
-        """Score pairs in order; raises Overloaded, ShuttingDown, InferenceFailed or ClientClosed."""
+        """Score pairs in order; raises Overloaded, ValidationFailed, ShuttingDown, InferenceFailed or ClientClosed."""
         loop = asyncio.get_running_loop()
-        started = time.perf_counter()
-        with self.batcher.incoming():  # a partial batch may wait for these rows; none waits for nobody
+        # Admitted (or refused with Overloaded) before tokenization; a partial batch may wait for these rows.
+        with self.batcher.incoming(len(pairs)):
+            started = time.perf_counter()
             rows = await loop.run_in_executor(self._tokenizer_pool, self.runtime.encode, pairs)
-        self.metrics.tokenize_duration.observe(time.perf_counter() - started)
-        futures = self.batcher.submit(rows)
+            self.metrics.tokenize_duration.observe(time.perf_counter() - started)
+            _require_tokens(rows)
+            futures = self.batcher.submit(rows, reserved=len(rows))
         results = await self._await_or_leave(futures, disconnected)
         return Outcome(
             scores=[r.score for r in results],
             queue_seconds=max(r.queue_seconds for r in results),
             inference_seconds=sum({r.batch_id: r.inference_seconds for r in results}.values()),
+            tokens=[len(row) for row in rows],
+            truncated=[row.truncated for row in rows],
         )
 
     async def _await_or_leave(
@@ -200,6 +206,14 @@ class PredictionService:
         m.inference_duration.observe(seconds)
         m.batch_rows.observe(rows)
         m.batch_token_fill.observe(result.padded.real_tokens / result.padded.padded_tokens)
+
+
+def _require_tokens(rows: Sequence[EncodedPair]) -> None:
+    """A sentence of only zero-width, control or combining characters reaches the model as nothing: refuse it."""
+    for i, row in enumerate(rows):
+        for name, count in zip(("sentence1", "sentence2"), row.sentence_tokens, strict=True):
+            if count == 0:
+                raise ValidationFailed(f"pairs.{i}.{name}: has no tokens (only whitespace, control, zero-width or combining characters)")
 
 
 def _abandon(gathered: asyncio.Future[Any]) -> None:

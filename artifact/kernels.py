@@ -11,6 +11,7 @@ An artifact whose widths fit that bound gives the same int32 sums, hence the sam
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 
@@ -22,6 +23,7 @@ FIXED_RANGE_OP = "quantized::linear_with_input_q_dq_qweight_dq_output_fp32"
 # The fbgemm packed weights the fixed-range op reads; onednn and qnnpack repack int8 weights into types it rejects.
 FIXED_RANGE_ENGINES = ("x86", "fbgemm")
 INT16_MAX = 32767
+SIMD_FLAGS = {"avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "amx_tile"}
 
 
 def exact_on_saturating_kernels(activation_bits: int, weight_bits: int) -> bool:
@@ -53,17 +55,23 @@ def int8_kernel_path() -> str:
 
 
 def cpu_description() -> dict[str, str]:
-    """The CPU facts a measurement or a served answer depends on: model, ATen's vector ISA, the int8 kernel path."""
-    model = ""
+    """The CPU facts a measurement or a served answer depends on: model, SIMD flags, ATen's ISA, the int8 kernel path."""
+    model, flags = "", set()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as handle:  # noqa: PTH123 - a pseudo-file, read once
-            model = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), "")
+            for line in handle:
+                if line.startswith("model name") and not model:
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and not flags:
+                    flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
     return {
         "cpu_model": model or "unknown",
+        "simd_flags": " ".join(sorted(flags & SIMD_FLAGS)),
         "aten_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "int8_kernel": int8_kernel_path(),
+        "fbgemm_enable_instructions": os.environ.get("FBGEMM_ENABLE_INSTRUCTIONS", ""),
         "quantized_engine": torch.backends.quantized.engine,
     }
 

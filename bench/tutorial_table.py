@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -24,32 +22,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from artifact.encoding import PaddedBatch
+from artifact.kernels import cpu_description
 from artifact.quiet import deprecations_silenced
 from model_build.build import op_counts, quantize_eager_int8, quantize_int8, trace
 from model_build.progress import progress
 
 TUTORIAL = {"size_mb": {"fp32": 438, "int8": 184}, "seconds_1_thread": {"fp32": 4.49, "int8": 2.69, "eager-int8": 2.67}}
-
-
-def cpu_info() -> dict[str, Any]:
-    """CPU model and the SIMD flags that decide int8 speed."""
-    model, flags = platform.processor(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model in ("", platform.processor()):
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    return {
-        "model": model,
-        "avx2": "avx2" in flags,
-        "avx512f": "avx512f" in flags,
-        "vnni": bool({"avx512_vnni", "avx_vnni"} & flags),
-        "logical_cpus": os.cpu_count(),
-    }
 
 
 def example_batch(vocab_size: int, batch: int = 8, seq: int = 128) -> PaddedBatch:
@@ -122,12 +100,14 @@ def main(argv: list[str] | None = None) -> int:
             "int8_size_fraction": sizes["int8"] / sizes["fp32"],
         },
         "tutorial": TUTORIAL,
-        "cpu": cpu_info(),
+        "cpu": cpu_description(),
         "torch_version": torch.__version__,
         "quantized_engine": torch.backends.quantized.engine,
         "runs": args.runs,
     }
-    print(f"\nbert-base geometry, one 8x128 batch, median of {args.runs} runs (torch {torch.__version__}, {result['cpu']['model']})")
+    cpu = result["cpu"]
+    print(f"\nbert-base geometry, one 8x128 batch, median of {args.runs} runs (torch {torch.__version__})")
+    print(f"CPU: {cpu['cpu_model']} [{cpu['simd_flags']}], int8 kernel {cpu['int8_kernel']}")
     print(
         f"{'':12s} {'size MB':>8s} {'tutorial':>9s}" + "".join(f" {f'{t} thr s':>9s}" for t in args.threads) + f" {'tutorial 1 thr':>15s}"
     )

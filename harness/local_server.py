@@ -36,10 +36,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(artifact: Path, *, ready_timeout: float = 120, **settings: str) -> LocalServer:
-    """Spawn the service for `artifact` with PARASERVE_<KEY>=value settings and wait until it is ready."""
+def start_server(artifact: Path, *, ready_timeout: float = 120, env: dict[str, str] | None = None, **settings: str) -> LocalServer:
+    """Spawn the service for `artifact` with PARASERVE_<KEY>=value settings (and `env` added) and wait until it is ready."""
     port = free_port()
-    env = dict(os.environ, PARASERVE_ARTIFACT_DIR=str(artifact), PARASERVE_HOST="127.0.0.1", PARASERVE_PORT=str(port))
+    env = dict(os.environ, **(env or {}), PARASERVE_ARTIFACT_DIR=str(artifact), PARASERVE_HOST="127.0.0.1", PARASERVE_PORT=str(port))
     env.setdefault("PARASERVE_LOG_LEVEL", "warning")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.setdefault("OMP_NUM_THREADS", "1")
@@ -70,9 +70,9 @@ def wait_ready(url: str, timeout: float = 120, process: subprocess.Popen[bytes] 
 
 
 @contextmanager
-def running_server(artifact: Path, **settings: str) -> Iterator[LocalServer]:
+def running_server(artifact: Path, *, env: dict[str, str] | None = None, **settings: str) -> Iterator[LocalServer]:
     """start_server as a context manager; the server is stopped (SIGTERM) on exit."""
-    server = start_server(artifact, **settings)
+    server = start_server(artifact, env=env, **settings)
     try:
         yield server
     finally:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from pathlib import Path
@@ -163,6 +164,18 @@ def test_model_info(client: TestClient, runtime: GatedRuntime):
     assert info["padding"] == "fixed" and info["settings"]["padding"] == "auto"  # dynamic int8 is not batch-invariant
     assert info["settings"]["max_pairs_per_request"] == 64
     assert info["manifest"]["qconfig"]["qconfig"] == "per_channel_dynamic_qconfig"
+
+
+def test_model_info_names_the_kernel_path_flags_a_random_model_and_shows_no_host_paths(client: TestClient, int8_dir: Path):
+    from artifact.kernels import int8_kernel_path
+
+    info = client.get("/model").json()
+    assert info["cpu"]["int8_kernel"] == int8_kernel_path() and info["cpu"]["int8_kernel"] in ("vnni", "avx2")
+    assert info["random_init"] is True  # the tiny test model: random weights, and /model says so
+    assert str(int8_dir.parent) not in json.dumps(info)  # neither the artifact's nor the checkpoint's folder path
+    assert info["settings"]["artifact"] == "int8" and "artifact_dir" not in info["settings"]
+    metrics = client.get("/metrics").text
+    assert f'int8_kernel="{int8_kernel_path()}"' in metrics and 'random_init="true"' in metrics
 
 
 def test_metrics_names_types_and_units(client: TestClient):

@@ -231,3 +231,25 @@ def test_length_aware_assembly_groups_rows_no_longer_than_the_oldest(batch_size:
         return model.batches
 
     assert asyncio.run(scenario()) == [[1.0], *expected]
+
+
+def test_rows_being_tokenized_count_against_the_capacity():
+    """Admission happens before tokenization: work on its way in is refused at once when it cannot fit."""
+
+    async def scenario():
+        model = FakeModel()
+        batcher = make(model, wait=0.0, capacity=10)
+        batcher.start()
+        with batcher.incoming(6):  # six pairs being tokenized, nothing queued yet
+            assert batcher.reserved == 6 and batcher.depth == 0
+            with pytest.raises(Overloaded, match="6 of 10 pairs waiting or being tokenized"), batcher.incoming(5):
+                pass
+            with batcher.incoming(4):  # exactly fits
+                futures = batcher.submit([1.0] * 4, reserved=4)
+            futures += batcher.submit([2.0] * 6, reserved=6)  # its own room is taken over, not counted twice
+        assert batcher.reserved == 0
+        results = await asyncio.gather(*futures)
+        await batcher.drain(1)
+        return [r.score for r in results]
+
+    assert asyncio.run(scenario()) == [0.01] * 4 + [0.02] * 6
