@@ -1,10 +1,15 @@
-"""`python -m app`: verify and load the artifact, then serve it with uvicorn; exit non-zero on a fatal error."""
+"""`python -m app`: bind, verify and load the artifact, then serve it with uvicorn; exit non-zero on a fatal error."""
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import logging
+import resource
 import signal
+import socket
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
@@ -13,6 +18,7 @@ from pydantic import ValidationError
 from app.config import Settings
 from app.logs import configure_logging
 from app.main import create_app, runtime_options
+from app.protocol import ConnectionLimits, guarded_protocol
 from app.service import PredictionService, State
 from artifact.errors import UserError
 from artifact.runtime import Runtime, choose_artifact
@@ -21,7 +27,10 @@ log = logging.getLogger("app")
 
 
 class DrainingServer(uvicorn.Server):
-    """uvicorn, but /readyz turns 503 the moment SIGTERM arrives, while accepted requests still finish."""
+    """uvicorn, but /readyz turns 503 the moment a stop signal arrives, while accepted requests still finish.
+
+    SIGTERM, SIGINT and SIGHUP (a closed terminal, a supervisor's reload) all drain; none kills accepted requests.
+    """
 
     def __init__(self, config: uvicorn.Config, service: PredictionService) -> None:
         super().__init__(config)
@@ -29,10 +38,19 @@ class DrainingServer(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         self._service.begin_shutdown()
-        super().handle_exit(sig, frame)
-        # uvicorn re-raises captured signals after shutting down, which would end the process "killed by SIGTERM";
-        # a completed graceful drain is a clean exit (0), so SIGTERM is not re-raised.
-        self._captured_signals = [s for s in self._captured_signals if s != signal.SIGTERM]
+        super().handle_exit(signal.SIGTERM if sig == signal.SIGHUP else sig, frame)
+        # uvicorn re-raises captured signals after shutting down, which would end the process "killed by SIGTERM"
+        # (or -2 for SIGINT); a completed graceful drain is a clean exit (0), so none is re-raised.
+        self._captured_signals = []
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        previous = signal.signal(signal.SIGHUP, self.handle_exit)
+        try:
+            with super().capture_signals():
+                yield
+        finally:
+            signal.signal(signal.SIGHUP, previous)
 
 
 def _settings_problem(exc: ValidationError) -> str:
@@ -41,8 +59,40 @@ def _settings_problem(exc: ValidationError) -> str:
     return f"invalid setting {name}={first.get('input')!r}: {first.get('msg')}"
 
 
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before the model loads: a busy port fails in a second, not after warm-up."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    sock.set_inheritable(True)
+    return sock
+
+
+def raise_fd_limit(connections: int) -> None:
+    """Room for max_connections sockets plus the process's own files, within the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = connections + 256
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        if new < wanted:
+            log.warning("open-file limit %d is below max_connections %d + 256: lower PARASERVE_MAX_CONNECTIONS", new, connections)
+
+
+def _exposed(host: str) -> bool:
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host != "localhost"
+
+
 def main() -> int:
-    """Load, serve, and return the process exit code."""
+    """Bind, load, serve, and return the process exit code."""
     try:
         settings = Settings()
     except ValidationError as exc:
@@ -50,9 +100,14 @@ def main() -> int:
         log.critical("cannot start: %s", _settings_problem(exc))
         return 2
     configure_logging(settings.log_level, settings.json_logs)
+    if settings.api_key is None and _exposed(settings.host):
+        log.warning("listening on %s without PARASERVE_API_KEY (unset or empty): anyone who reaches it may call /predict", settings.host)
     try:
-        # Loaded here, before uvicorn starts, so a bad or tampered artifact is one clear line and exit 2.
+        # Before uvicorn starts, so a bad artifact or a busy port is one clear line and exit 2; the port is bound
+        # before the model is loaded and warmed up, so a busy one fails in a second.
         choice = choose_artifact(settings.artifact_dir)
+        sock = bind(settings.host, settings.port)
+        raise_fd_limit(settings.max_connections)
         log.info("serving %s: %s", choice.folder, choice.reason)
         runtime = Runtime.load(choice.folder, **runtime_options(settings))
     except UserError as exc:
@@ -60,17 +115,25 @@ def main() -> int:
         return 2
     app = create_app(settings, runtime=runtime)
     service: PredictionService = app.state.service
+    limits = ConnectionLimits(
+        max_connections=settings.max_connections,
+        header_timeout_s=settings.header_timeout_s,
+        body_timeout_s=settings.body_timeout_s,
+        send_timeout_s=settings.send_timeout_s,
+        max_header_bytes=settings.max_header_bytes,
+        max_pipelined=settings.max_pipelined,
+    )
     config = uvicorn.Config(
         app,
-        host=settings.host,
-        port=settings.port,
+        http=guarded_protocol(limits, service.metrics),
         log_config=None,
         access_log=False,
+        timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
         lifespan="on",
     )
     server = DrainingServer(config, service)
-    server.run()
+    server.run(sockets=[sock])
     if service.state is State.DEAD or service.drained is False:
         return 1  # the worker died, or accepted work was still queued when the grace period ended
     return 0 if server.started else 3

@@ -107,6 +107,9 @@ def build_router(settings: Settings) -> APIRouter:
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(request.app.state.registry), media_type=CONTENT_TYPE_LATEST)
 
+    # HEAD as well as GET on the probes (load balancers and curl -I use it), kept out of the schema.
+    for route in [r for r in router.routes if getattr(r, "path", "") in ("/healthz", "/readyz", "/metrics")]:
+        router.add_api_route(route.path, route.endpoint, methods=["HEAD"], include_in_schema=False, dependencies=route.dependencies)  # type: ignore[attr-defined]
     return router
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -51,10 +51,29 @@ class Settings(BaseSettings):
         None, description="torch.backends.quantized.engine for int8 models (None: torch's default, x86; int8-calibrated needs x86)."
     )
     shutdown_grace_s: float = Field(30.0, ge=0, description="On SIGTERM, how long accepted requests may take to finish.")
+    max_connections: int = Field(
+        1000, ge=1, description="Open connections at once; beyond it a new one gets 503 and is closed (the fd limit is raised to fit)."
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Time for a connection's request headers to arrive complete (from connect, or the next request's first byte).",
+    )
+    body_timeout_s: float = Field(10.0, gt=0, description="Longest pause between request body bytes (408 beyond).")
+    send_timeout_s: float = Field(30.0, gt=0, description="How long a client may leave its responses unread before it is disconnected.")
+    keep_alive_s: float = Field(5.0, gt=0, description="Idle time after a response before a keep-alive connection is closed.")
+    max_header_bytes: int = Field(16_384, ge=1024, description="Request line plus headers (431 beyond).")
+    max_pipelined: int = Field(16, ge=1, description="Requests a client may pipeline behind one another before 503 and close.")
     api_key: SecretStr | None = Field(None, description="If set, /predict and /model require `Authorization: Bearer <key>`.")
     protect_metrics: bool = Field(False, description="With api_key set, also require it on /metrics (health stays open).")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     json_logs: bool = Field(False, description="One JSON object per log line (for log shippers).")
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_no_key(cls, value: Any) -> Any:
+        # PARASERVE_API_KEY= (compose's default) means no key, said in a warning when the port is exposed.
+        return None if value is None or (isinstance(value, str) and not value.strip()) else value
 
     def public(self) -> dict[str, Any]:
         """The settings as GET /model shows them: the key masked, the artifact by folder name (no host paths)."""

@@ -55,6 +55,18 @@ class Overloaded(ServiceError):
         self.retry_after_s = retry_after_s
 
 
+class RequestTimeout(ServiceError):
+    """The client did not send its request headers or body in time."""
+
+
+class HeadersTooLarge(ServiceError):
+    """The request's header block is over the size limit."""
+
+
+class TooManyConnections(ServiceError):
+    """Over the open-connection (or pipelined-request) limit: refused before any request is read."""
+
+
 class NotReady(ServiceError):
     """Starting, or the model worker stopped."""
 

@@ -35,14 +35,17 @@ KINDS: dict[type[errors.ServiceError], HttpKind] = {
     errors.Unauthorized: HttpKind(401, "unauthorized"),
     errors.NotFound: HttpKind(404, "not_found"),
     errors.MethodNotAllowed: HttpKind(405, "method_not_allowed"),
+    errors.RequestTimeout: HttpKind(408, "request_timeout"),
     errors.PayloadTooLarge: HttpKind(413, "payload_too_large"),
     errors.UnsupportedMediaType: HttpKind(415, "unsupported_media_type"),
     errors.ValidationFailed: HttpKind(422, "validation"),
     errors.Overloaded: HttpKind(429, "overloaded"),
+    errors.HeadersTooLarge: HttpKind(431, "headers_too_large"),
     errors.ClientClosed: HttpKind(499, "client_closed_request"),  # nginx's code; the client never sees it
     errors.InferenceFailed: HttpKind(500, "inference"),
     errors.NotReady: HttpKind(503, "not_ready"),
     errors.ShuttingDown: HttpKind(503, "shutting_down"),
+    errors.TooManyConnections: HttpKind(503, "too_many_connections"),
 }
 INTERNAL = HttpKind(500, "internal")
 NO_TOKENS = "has no character the tokenizer keeps (only whitespace, control, zero-width or combining characters)"
@@ -67,6 +70,8 @@ def headers_for(exc: errors.ServiceError) -> dict[str, str]:
     """HTTP headers a domain error implies: when to retry, how to authenticate."""
     if isinstance(exc, errors.Overloaded):
         return {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
+    if isinstance(exc, errors.TooManyConnections):
+        return {"Retry-After": "1"}
     if isinstance(exc, errors.Unauthorized):
         return {"WWW-Authenticate": "Bearer"}
     return {}

@@ -63,6 +63,9 @@ def create_app(
             log.info("stopped")
 
     app = FastAPI(title="paraserve", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    # No slash redirects: Starlette builds them from the client's Host header (POST /predict/ with
+    # Host: evil.example answered 307 to http://evil.example/predict). /predict/ is a 404 like any unknown path.
+    app.router.redirect_slashes = False
     app.state.registry = registry
     app.state.service = service
     router = build_router(settings)

@@ -57,5 +57,16 @@ class Metrics:
         self.ready = Gauge("paraserve_ready", "1 when the model is warmed up and the worker is alive.", registry=registry)
         self.model_size = Gauge("paraserve_model_size_bytes", "Size of the loaded model.pt.", ["variant"], registry=registry)
         self.model_info = Info("paraserve_model", "The loaded artifact.", registry=registry)
+        self.connections_open = Gauge("paraserve_connections_open", "Open HTTP connections.", registry=registry)
+        self.connections_closed = Counter(
+            "paraserve_connections_closed",
+            "Connections the server closed, by reason: idle (never sent a byte), keep_alive, header_timeout, body_timeout, "
+            "send_stalled, headers_too_large, bad_request, too_many_connections, pipelined.",
+            ["reason"],
+            registry=registry,
+        )
+        self.tokenize_pending = Gauge(
+            "paraserve_tokenize_pending_pairs", "Pairs admitted and being tokenized (not yet queued).", registry=registry
+        )
         # process_resident_memory_bytes, CPU seconds, open fds: the load and reliability reports read them.
         ProcessCollector(registry=registry)

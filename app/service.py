@@ -163,11 +163,13 @@ class PredictionService:
         loop = asyncio.get_running_loop()
         # Admitted (or refused with Overloaded) before tokenization; a partial batch may wait for these rows.
         with self.batcher.incoming(len(pairs)):
+            self.metrics.tokenize_pending.set(self.batcher.reserved)
             started = time.perf_counter()
             rows = await loop.run_in_executor(self._tokenizer_pool, self.runtime.encode, pairs)
             self.metrics.tokenize_duration.observe(time.perf_counter() - started)
             _require_tokens(rows)
             futures = self.batcher.submit(rows, reserved=len(rows))
+        self.metrics.tokenize_pending.set(self.batcher.reserved)
         results = await self._await_or_leave(futures, disconnected)
         return Outcome(
             scores=[r.score for r in results],

@@ -116,7 +116,10 @@ class Runtime:
         verified = set(manifest.verified_shapes) | {trace_shape}
         self.shapes = sorted(verified) if self.padding == "buckets" else [trace_shape]
         self.columns = sorted({c for _, c in self.shapes})
-        self.encoder = PairEncoder(artifact_dir / manifest.tokenizer.file, manifest.tokenizer.max_length)
+        try:
+            self.encoder = PairEncoder(artifact_dir / manifest.tokenizer.file, manifest.tokenizer.max_length)
+        except Exception as exc:  # the tokenizers library raises its own Exception for a malformed file
+            raise ArtifactError(f"cannot read {artifact_dir / manifest.tokenizer.file}: {str(exc).splitlines()[0]}") from exc
 
     @classmethod
     def load(cls, artifact_dir: Path, *, threads: int = 1, padding: Padding = "auto", quantized_engine: str | None = None) -> Runtime:
@@ -127,7 +130,10 @@ class Runtime:
             # Before loading: int8 weights are repacked for the active engine when the module is deserialized.
             torch.backends.quantized.engine = quantized_engine
         check_runnable(manifest)
-        module = load_module(artifact_dir / manifest.model_file)
+        try:
+            module = load_module(artifact_dir / manifest.model_file)
+        except Exception as exc:  # torch raises RuntimeError and others for a file it cannot deserialize
+            raise ArtifactError(f"cannot load {artifact_dir / manifest.model_file}: {str(exc).splitlines()[0]}") from exc
         module.eval()
         for parameter in module.parameters():
             parameter.requires_grad_(False)  # serving never needs autograd; keeps every call in one grad mode
