@@ -1,8 +1,13 @@
 #!/usr/bin/env python3
-"""Reliability under abuse: 2x overload, clients that leave, and SIGTERM under load. Prints counts; exits 1 on a breach.
+"""Reliability under abuse: 2x overload, clients that leave, hostile clients, SIGTERM under load. Exits 1 on a breach.
 
     python scripts/reliability.py --spawn ARTIFACT_DIR [--quick] [--queue-capacity N]   # starts its own servers
-    python scripts/reliability.py --url http://127.0.0.1:8000 [--quick]                # overload + clients gone only
+    python scripts/reliability.py --url http://127.0.0.1:8000 [--quick]                # no SIGTERM phase
+
+The hostile-client phase runs each attack of issue 14 (long texts, pipelining without reading, huge headers,
+silent and slowloris connections, half-sent bodies, a connection flood) for a bounded time while one ordinary
+client keeps sending single pairs, and prints a table: the server's RSS and open fds before and after, the
+ordinary client's p50/p99 during, and what the server answered or closed.
 
 Every loop is bounded in time and in requests; traffic goes only to the given URL or to servers on 127.0.0.1.
 """
@@ -13,6 +18,7 @@ import argparse
 import asyncio
 import math
 import random
+import resource
 import signal
 import statistics
 import subprocess
@@ -33,6 +39,9 @@ from model_build.parity_pairs import PARITY_PAIRS
 CLIENT_TIMEOUT_S = 60.0  # generous: a request without an answer in a minute is "lost"
 MAX_REQUESTS_PER_PHASE = 200_000
 MIN_OVERLOAD_CLIENTS = 16  # two full batches of concurrent requests
+RSS_ALLOWANCE_MB = 300  # over the first attack's starting RSS, for every attack (was +3,900 MB for one long-text request)
+LONG_TEXT_P99_S = 3.0  # an ordinary request behind three 64-pair long-text requests being tokenized (was 13 s)
+OTHER_ATTACK_P99_S = 1.0  # connection-level attacks cost the model nothing
 
 
 @dataclass
@@ -188,8 +197,10 @@ async def clients_leave(url: str, concurrency: int, report: Report) -> None:
     report.check(httpx.get(f"{url}/readyz", timeout=5).status_code == 200, "still ready")
 
 
-def spawn(artifact: Path, queue_capacity: int | None, grace: float) -> LocalServer:
+def spawn(artifact: Path, queue_capacity: int | None, grace: float, *, quick: bool = False) -> LocalServer:
     settings = {"shutdown_grace_s": str(grace), **({"queue_capacity": str(queue_capacity)} if queue_capacity else {})}
+    if quick:  # shorter connection timeouts, so the slow-connection attacks end sooner; the logic is the same
+        settings.update(header_timeout_s="2", body_timeout_s="2", max_connections="300")
     return start_server(artifact, **settings)
 
 
@@ -230,9 +241,267 @@ async def shutdown_under_load(artifact: Path, queue_capacity: int | None, concur
     report.check(code == 0 and took <= grace + 5, f"exit code {code} after {took:.1f} s (grace {grace:.0f} s)")
 
 
+# ---- hostile clients ---------------------------------------------------------------------------------------
+
+LONG_TEXTS = ("." * 2000, "漢" * 2000, ("word " * 400).strip())
+
+
+@dataclass
+class AttackRow:
+    name: str
+    what: str
+    rss_mb: tuple[float, float] = (0.0, 0.0)
+    fds: tuple[float, float] = (0.0, 0.0)
+    ordinary: tuple[float, float, int] = (0.0, 0.0, 0)  # p50, p99 (s), requests
+    outcome: str = ""
+    passed: bool = True
+
+
+async def ordinary_client(url: str, stop: asyncio.Event) -> list[float]:
+    """One well-behaved client sending single pairs back to back until `stop`; latencies of its 200s."""
+    rng, latencies = random.Random(11), []
+    async with httpx.AsyncClient(timeout=CLIENT_TIMEOUT_S) as client:
+        while not stop.is_set() and len(latencies) < MAX_REQUESTS_PER_PHASE:
+            a, b = rng.choice(PARITY_PAIRS)
+            started = time.perf_counter()
+            r = await client.post(f"{url}/predict", json={"pairs": [{"sentence1": a, "sentence2": b}]})
+            if r.status_code == 200:
+                latencies.append(time.perf_counter() - started)
+            else:
+                await asyncio.sleep(0.05)
+    return latencies
+
+
+async def raw_connection(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    return await asyncio.open_connection(host.strip("[]"), int(port))
+
+
+async def read_until_closed(reader: asyncio.StreamReader, limit: float) -> bytes:
+    try:
+        return await asyncio.wait_for(reader.read(1 << 20), limit)
+    except (TimeoutError, ConnectionError):
+        return b""
+
+
+def first_status(data: bytes) -> str:
+    return data.split(b" ", 2)[1].decode() if data.startswith(b"HTTP/1.1 ") else ("closed" if not data else "?")
+
+
+async def long_texts(url: str, seconds: float, pairs: int) -> str:
+    """Three clients sending `pairs` pairs of 2,000-character sentences each, back to back."""
+    statuses: Counter[str] = Counter()
+    deadline = time.monotonic() + seconds
+    async with httpx.AsyncClient(timeout=CLIENT_TIMEOUT_S) as client:
+
+        async def one(i: int) -> None:
+            n = 0
+            while time.monotonic() < deadline and n < 500:
+                text = LONG_TEXTS[(i + n) % len(LONG_TEXTS)]
+                r = await client.post(f"{url}/predict", json={"pairs": [{"sentence1": text, "sentence2": text}] * pairs})
+                statuses[str(r.status_code)] += 1
+                n += 1
+
+        await asyncio.gather(*(one(i) for i in range(3)))
+    return f"{pairs} pairs/request: " + " ".join(f"{k}x{v}" for k, v in sorted(statuses.items()))
+
+
+async def repeatedly(seconds: float, workers: int, attempt: Any) -> Counter[str]:
+    """`workers` loops each running `attempt()` (one connection) again and again for `seconds`, at most 1,000 times."""
+    outcomes: Counter[str] = Counter()
+    deadline = time.monotonic() + seconds
+
+    async def loop() -> None:
+        for _ in range(1000):
+            if time.monotonic() >= deadline:
+                return
+            outcomes[await attempt(deadline)] += 1
+
+    await asyncio.gather(*(loop() for _ in range(workers)))
+    return outcomes
+
+
+async def pipelining(url: str, seconds: float) -> str:
+    """Ten sockets writing pipelined GET /healthz without reading a reply, reconnecting when closed."""
+    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 200
+    sent = 0
+
+    async def attempt(deadline: float) -> str:
+        nonlocal sent
+        _, writer = await raw_connection(url)
+        try:
+            while time.monotonic() < deadline:
+                writer.write(request)
+                await asyncio.wait_for(writer.drain(), max(0.1, deadline - time.monotonic()))
+                sent += len(request)
+            return "open at the end"
+        except (TimeoutError, ConnectionError):
+            return "closed by the server" if writer.transport.is_closing() else "blocked (not read)"
+        finally:
+            writer.close()
+
+    outcomes = await repeatedly(seconds, 10, attempt)
+    return f"{sent / 1e6:.1f} MB sent; " + ", ".join(f"{k} {v}" for k, v in outcomes.items())
+
+
+async def big_headers(url: str, seconds: float) -> str:
+    """Four sockets each sending a header of up to 100 MB, reconnecting when closed."""
+    chunk = b"a" * (1 << 20)
+
+    async def attempt(deadline: float) -> str:
+        reader, writer = await raw_connection(url)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        try:
+            for _ in range(100):
+                writer.write(chunk)
+                await asyncio.wait_for(writer.drain(), max(0.1, deadline - time.monotonic()))
+        except (TimeoutError, ConnectionError):
+            pass
+        status = first_status(await read_until_closed(reader, 2))
+        writer.close()
+        return status
+
+    outcomes = await repeatedly(seconds, 4, attempt)
+    return ", ".join(f"{k} x{v}" for k, v in outcomes.items())
+
+
+async def silent(url: str, count: int, wait: float) -> str:
+    """`count` connections that never send a byte, held until the server closes them (or `wait` runs out)."""
+    connections = [await raw_connection(url) for _ in range(count)]
+    answers = await asyncio.gather(*(read_until_closed(r, wait) for r, _ in connections))
+    for _, writer in connections:
+        writer.close()
+    closed = sum(1 for (r, _), a in zip(connections, answers, strict=True) if r.at_eof())
+    return f"{closed} of {count} closed by the server, {sum(1 for a in answers if a)} with a response"
+
+
+async def slowloris(url: str, count: int, wait: float) -> str:
+    """`count` connections sending their headers one line a second."""
+
+    async def one() -> str:
+        reader, writer = await raw_connection(url)
+        writer.write(b"GET /healthz HTTP/1.1\r\n")
+        deadline = time.monotonic() + wait
+        try:
+            while time.monotonic() < deadline and not reader.at_eof():
+                writer.write(b"X-Slow: 1\r\n")
+                await writer.drain()
+                try:
+                    data = await asyncio.wait_for(reader.read(65536), 1.0)
+                    if data or reader.at_eof():
+                        return first_status(data)
+                except TimeoutError:
+                    continue
+        except ConnectionError:
+            return "closed"
+        finally:
+            writer.close()
+        return "still open"
+
+    results = Counter(await asyncio.gather(*(one() for _ in range(count))))
+    return " ".join(f"{k}x{v}" for k, v in results.items())
+
+
+async def half_bodies(url: str, count: int, wait: float) -> str:
+    """`count` POSTs that announce 2 KB and send half."""
+
+    async def one() -> str:
+        reader, writer = await raw_connection(url)
+        head = b"POST /predict HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: 2048\r\n\r\n"
+        writer.write(head + b"{" + b" " * 1023)
+        data = await read_until_closed(reader, wait)
+        writer.close()
+        return first_status(data)
+
+    results = Counter(await asyncio.gather(*(one() for _ in range(count))))
+    return " ".join(f"{k}x{v}" for k, v in results.items())
+
+
+async def flood(url: str, count: int, wait: float) -> str:
+    """`count` connections opened at once and held (more than max_connections)."""
+    connections = []
+    for _ in range(count):
+        try:
+            connections.append(await raw_connection(url))
+        except OSError:
+            break
+    answers = await asyncio.gather(*(read_until_closed(r, wait) for r, _ in connections))
+    for _, writer in connections:
+        writer.close()
+    refused = sum(1 for a in answers if first_status(a) == "503")
+    return f"{len(connections)} opened, {refused} answered 503 too_many_connections"
+
+
+async def hostile_clients(url: str, quick: bool, report: Report) -> None:
+    header_timeout = 10.0 if not quick else 2.0
+    max_connections = 1000
+    settings = httpx.get(f"{url}/model", timeout=10)
+    if settings.status_code == 200:
+        shown = settings.json()["settings"]
+        header_timeout, max_connections = shown["header_timeout_s"], shown["max_connections"]
+    hold = header_timeout + 3  # every slow connection must be closed by then
+    # The issue's 64 pairs, or what a small test queue can admit at all (CI runs with capacity 32).
+    long_pairs = min(64, int(scrape(url).get(("paraserve_queue_capacity_pairs", ()), 256)) // 2)
+    seconds = 5.0 if quick else 20.0
+    n = 50 if quick else 200
+    attacks = [
+        ("long texts", f"3 clients x {long_pairs} pairs of 2,000 chars", lambda: long_texts(url, seconds, long_pairs)),
+        ("pipelining", "10 sockets pipelining GET /healthz, never reading", lambda: pipelining(url, seconds)),
+        ("big headers", "4 sockets, 100 MB header each", lambda: big_headers(url, seconds)),
+        ("silent", f"{n} connections that never send", lambda: silent(url, n, hold)),
+        ("slowloris", f"{n} connections, one header line a second", lambda: slowloris(url, n, hold)),
+        ("half bodies", f"{n} POSTs sending half their body", lambda: half_bodies(url, n, hold)),
+        ("flood", f"{max_connections + 100} connections at once", lambda: flood(url, max_connections + 100, hold)),
+    ]
+    print("\n== hostile clients: each attack bounded in time, one ordinary client of single pairs alongside", flush=True)
+    rows = []
+    for name, what, attack in attacks:
+        before = scrape(url)
+        stop = asyncio.Event()
+        ordinary = asyncio.ensure_future(ordinary_client(url, stop))
+        outcome = await attack()
+        stop.set()
+        latencies = await ordinary
+        await asyncio.sleep(0.5)
+        after = scrape(url)
+        row = AttackRow(name, what, outcome=outcome)
+        row.rss_mb = (metric_sum(before, "process_resident_memory_bytes") / 1e6, metric_sum(after, "process_resident_memory_bytes") / 1e6)
+        row.fds = (metric_sum(before, "process_open_fds"), metric_sum(after, "process_open_fds"))
+        row.ordinary = (statistics.median(latencies) if latencies else float("nan"), p99(latencies), len(latencies))
+        rows.append(row)
+    print(f"  {'attack':12s} {'RSS MB before->after':>21s} {'fds':>11s} {'ordinary p50/p99 (n)':>24s}  outcome")
+    for r in rows:
+        print(
+            f"  {r.name:12s} {r.rss_mb[0]:9.0f} -> {r.rss_mb[1]:6.0f} {r.fds[0]:4.0f} -> {r.fds[1]:4.0f} "
+            f"{r.ordinary[0] * 1000:8.0f} / {r.ordinary[1] * 1000:5.0f} ms ({r.ordinary[2]:4d})  {r.outcome}"
+        )
+    baseline_rss, baseline_fds = rows[0].rss_mb[0], rows[0].fds[0]
+    worst_rss = max(r.rss_mb[1] for r in rows)
+    report.check(
+        worst_rss <= baseline_rss + RSS_ALLOWANCE_MB,
+        f"RSS stays within +{RSS_ALLOWANCE_MB} MB: {baseline_rss:.0f} -> at most {worst_rss:.0f} MB",
+    )
+    report.check(
+        rows[-1].fds[1] <= baseline_fds + 10,
+        f"open fds back to the baseline after the attacks: {baseline_fds:.0f} -> {rows[-1].fds[1]:.0f}",
+    )
+    long_p99 = rows[0].ordinary[1]
+    report.check(long_p99 <= LONG_TEXT_P99_S, f"ordinary p99 during long texts {long_p99:.2f} s <= {LONG_TEXT_P99_S} s (was 13 s)")
+    others = max(r.ordinary[1] for r in rows[1:])
+    report.check(others <= OTHER_ATTACK_P99_S, f"ordinary p99 during the connection attacks {others:.2f} s <= {OTHER_ATTACK_P99_S} s")
+    for r in rows[3:6]:
+        report.check("still open" not in r.outcome, f"{r.name}: every connection closed by the server within {hold:.0f} s")
+    report.check(
+        "503" in rows[6].outcome and not rows[6].outcome.endswith(" 0 answered 503 too_many_connections"), f"flood: {rows[6].outcome}"
+    )
+    end = scrape(url)
+    closes = {k[1][0][1]: v for k, v in end.items() if k[0] == "paraserve_connections_closed_total"}
+    print(f"  server-side closes by reason: {closes}", flush=True)
+
+
 async def run(args: argparse.Namespace) -> bool:
     report = Report()
-    server = spawn(args.spawn, args.queue_capacity, 30.0) if args.spawn else None
+    server = spawn(args.spawn, args.queue_capacity, 30.0, quick=args.quick) if args.spawn else None
     url = server.url if server is not None else args.url
     try:
         print(f"== saturation probe against {url}", flush=True)
@@ -243,6 +512,7 @@ async def run(args: argparse.Namespace) -> bool:
         print(f"  saturates at {saturation} concurrent clients ({best:.1f} pairs/s); overload with {heavy}", flush=True)
         await overload(url, heavy, 10.0 if args.quick else 60.0, report)
         await clients_leave(url, heavy // 2, report)
+        await hostile_clients(url, args.quick, report)
     finally:
         if server is not None:
             server.stop(timeout=60)
@@ -260,6 +530,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="10 s overload and short probes (CI)")
     parser.add_argument("--queue-capacity", type=int, default=None, help="with --spawn: PARASERVE_QUEUE_CAPACITY (small values force 429s)")
     args = parser.parse_args(argv)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # the connection flood needs more sockets than 1,024
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 65536, hard))
     if args.url and not args.url.startswith(("http://127.", "http://localhost", "http://[::1]")):
         parser.error("--url must be a loopback address: load goes only to servers on this machine")
     return 0 if asyncio.run(run(args)) else 1
