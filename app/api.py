@@ -96,6 +96,7 @@ def build_router(settings: Settings) -> APIRouter:
             trace_shape={"batch_size": rt.batch_size, "seq_len": rt.seq_len},
             padding=rt.padding,
             random_init=rt.manifest.source.random_init,
+            workers=settings.workers,
             cpu=cpu_description(),
             manifest=manifest,
             settings=settings.public(),

@@ -1,10 +1,12 @@
-"""A bounded queue of pairs, one batch loop, and one model thread.
+"""A bounded queue of pairs, one batch loop, and `workers` single-threaded model workers.
 
-Each request enqueues its rows at once (or is refused with Overloaded: never a wait for space). The loop takes
-the first row, waits until the batch is full or `max_wait` has passed since that row was queued (only while some
-request is still being tokenized: with nothing on its way, a partial batch starts at once), then runs the
-batch on a dedicated single-thread executor while the event loop keeps accepting requests. Cancelled rows (the
-client went away) leave the queue immediately; an exception in a forward fails exactly that batch's rows.
+Each request enqueues its rows at once (or is refused with Overloaded: never a wait for space). The loop waits for
+a free worker, takes the first row, waits until the batch is full or `max_wait` has passed since that row was queued
+(only while some request is still being tokenized: with nothing on its way, a partial batch starts at once), then
+hands the batch to that worker's thread and goes back for the next one while it runs: with several workers, batches
+run side by side, each on its own thread, all reading the one copy of the weights. A lone request on an idle service
+starts at once. Cancelled rows (the client went away) leave the queue immediately; an exception in a forward fails
+exactly that batch's rows.
 """
 
 from __future__ import annotations
@@ -49,8 +51,8 @@ class _Row(Generic[RowT]):
     queued_at: float = field(default_factory=time.perf_counter)
 
 
-# (rows in the batch, the forward's result or None if it raised, forward seconds, each row's queue wait)
-BatchObserver = Callable[[int, Any, float, Sequence[float]], None]
+# (worker, rows in the batch, the forward's result or None if it raised, forward seconds, each row's queue wait)
+BatchObserver = Callable[[int, int, Any, float, Sequence[float]], None]
 
 
 class Batcher(Generic[RowT]):
@@ -66,8 +68,12 @@ class Batcher(Generic[RowT]):
         on_batch: BatchObserver | None = None,
         on_depth: Callable[[int], None] | None = None,
         group_key: Callable[[RowT], int] | None = None,
+        workers: int = 1,
     ) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, not {workers}")
         self._forward = forward
+        self.workers = workers
         self.batch_size = batch_size
         self.max_wait_s = max_wait_s
         self.capacity = capacity
@@ -76,7 +82,10 @@ class Batcher(Generic[RowT]):
         self._group_key = group_key
         self._queue: deque[_Row[RowT]] = deque()
         self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="model")
+        self._free_workers: deque[int] = deque(range(workers))
+        self._running: set[asyncio.Task[None]] = set()
+        self._dispatch_failure: BaseException | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._batches = 0
@@ -92,9 +101,9 @@ class Batcher(Generic[RowT]):
 
         def _done(task: asyncio.Task[None]) -> None:
             if task.cancelled():
-                if self._closing:
+                if self._closing and self._dispatch_failure is None:
                     return  # drain gave up on purpose
-                failure: BaseException = RuntimeError("the batch loop was cancelled")
+                failure: BaseException = self._dispatch_failure or RuntimeError("the batch loop was cancelled")
             elif task.exception() is None:
                 return
             else:
@@ -128,6 +137,8 @@ class Batcher(Generic[RowT]):
             except TimeoutError:
                 done = False
                 self._task.cancel()
+                for task in list(self._running):
+                    task.cancel()
                 self._fail_all(ShuttingDown("the service stopped before this request could run"))
         self._executor.shutdown(wait=False, cancel_futures=True)
         return done
@@ -212,8 +223,10 @@ class Batcher(Generic[RowT]):
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            if not self._queue:
-                if self._closing:
+            if not self._queue or not self._free_workers:
+                if not self._queue and self._closing:
+                    if self._running:
+                        await asyncio.gather(*self._running, return_exceptions=True)
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
@@ -232,14 +245,31 @@ class Batcher(Generic[RowT]):
             self._depth_changed()
             if not batch:
                 continue
-            try:
-                await self._run(loop, batch)
-            except BaseException:
-                # The loop itself is failing (a bug, or cancellation): rows already taken must not hang.
-                for row in batch:
-                    if not row.future.done():
-                        row.future.set_exception(InferenceFailed("the model worker stopped"))
-                raise
+            worker = self._free_workers.popleft()
+            task = loop.create_task(self._run(loop, batch, worker), name=f"batch-worker-{worker}")
+            self._running.add(task)
+            task.add_done_callback(lambda t, batch=batch, worker=worker: self._batch_done(t, batch, worker))
+
+    def _batch_done(self, task: asyncio.Task[None], batch: list[_Row[RowT]], worker: int) -> None:
+        self._running.discard(task)
+        self._free_workers.append(worker)
+        self._wakeup.set()
+        if task.cancelled() and self._closing:  # the drain ran out of time with this batch still running
+            for row in batch:
+                if not row.future.done():
+                    row.future.set_exception(ShuttingDown("the service stopped before this request could finish"))
+            return
+        failure = task.exception() if not task.cancelled() else asyncio.CancelledError()
+        if failure is None:
+            return
+        # Not a failing forward (that fails its own batch and the worker goes on) but the dispatch itself: a bug.
+        # Rows already taken must not hang, and the service must not run on as a half-working zombie.
+        for row in batch:
+            if not row.future.done():
+                row.future.set_exception(InferenceFailed("the model worker stopped"))
+        if self._dispatch_failure is None and self._task is not None and not self._task.done():
+            self._dispatch_failure = failure
+            self._task.cancel()
 
     def _take_batch(self) -> list[_Row[RowT]]:
         """FIFO; with a group key, the oldest row plus the next rows whose key is no larger than its own.
@@ -259,7 +289,7 @@ class Batcher(Generic[RowT]):
         self._queue = rest
         return batch
 
-    async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Row[RowT]]) -> None:
+    async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Row[RowT]], worker: int) -> None:
         self._batches += 1
         batch_id = self._batches
         started = time.perf_counter()
@@ -275,11 +305,11 @@ class Batcher(Generic[RowT]):
                 if not row.future.done():
                     row.future.set_exception(error)
             if self._on_batch is not None:
-                self._on_batch(len(batch), None, time.perf_counter() - started, waits)
+                self._on_batch(worker, len(batch), None, time.perf_counter() - started, waits)
             return
         elapsed = time.perf_counter() - started
         for row, score, wait in zip(batch, result.scores, waits, strict=False):
             if not row.future.done():  # cancelled while running: nobody to answer
                 row.future.set_result(RowResult(score, wait, elapsed, batch_id))
         if self._on_batch is not None:
-            self._on_batch(len(batch), result, elapsed, waits)
+            self._on_batch(worker, len(batch), result, elapsed, waits)

@@ -2,11 +2,37 @@
 
 from __future__ import annotations
 
+import math
+import os
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup CPU quota (a container limited to 1 CPU gets 1)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = _cgroup_quota()
+    return max(1, min(cpus, math.ceil(quota))) if quota else max(1, cpus)
+
+
+def _cgroup_quota() -> float | None:
+    """cpu.max (cgroup v2) or cfs_quota_us / cfs_period_us (v1), in CPUs; None when unlimited or unknown."""
+    try:
+        fields = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if fields and fields[0] != "max":
+            return int(fields[0]) / int(fields[1])
+        return None
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        quota = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+        period = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        return quota / period if quota > 0 and period > 0 else None
+    except (OSError, ValueError):
+        return None
 
 
 class Settings(BaseSettings):
@@ -39,7 +65,14 @@ class Settings(BaseSettings):
         2000, ge=1, description="Characters per sentence (422 beyond); the model reads at most 128 tokens per pair anyway."
     )
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Request body limit (413 before the body is parsed).")
-    torch_threads: int = Field(1, ge=1, description="Intra-op threads of the model worker; 1 is fastest on 2 cores.")
+    workers: int = Field(
+        default_factory=lambda: available_cpus(),
+        ge=1,
+        le=256,
+        description="Single-threaded model workers taking batches from the one queue (default: the CPUs this process may use, "
+        "by affinity and cgroup quota). On 2 cores, 2 workers served 1.7-1.9x the pairs/s of one (README, Scaling).",
+    )
+    torch_threads: int = Field(1, ge=1, description="Intra-op threads of each model worker; 1 is fastest on small batches.")
     padding: Literal["auto", "fixed", "buckets"] = Field(
         "auto",
         description="fixed: every batch is padded to the trace shape (8x128, the tutorial's way). buckets: rows to the "

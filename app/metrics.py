@@ -7,6 +7,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0)
 INFERENCE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0)
 FAST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+CLOSE_REASONS = ("idle", "keep_alive", "header_timeout", "body_timeout", "send_stalled", "headers_too_large", "bad_request",
+                 "too_many_connections", "pipelined")  # fmt: skip
 RATIO_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
@@ -57,6 +59,14 @@ class Metrics:
         self.ready = Gauge("paraserve_ready", "1 when the model is warmed up and the worker is alive.", registry=registry)
         self.model_size = Gauge("paraserve_model_size_bytes", "Size of the loaded model.pt.", ["variant"], registry=registry)
         self.model_info = Info("paraserve_model", "The loaded artifact.", registry=registry)
+        self.workers = Gauge("paraserve_workers", "Model workers (single-threaded, sharing one copy of the weights).", registry=registry)
+        self.worker_busy = Counter(
+            "paraserve_worker_busy_seconds",
+            "Seconds each model worker spent running batches (rate = utilisation).",
+            ["worker"],
+            registry=registry,
+        )
+        self.worker_batches = Counter("paraserve_worker_batches", "Batches each model worker ran.", ["worker"], registry=registry)
         self.connections_open = Gauge("paraserve_connections_open", "Open HTTP connections.", registry=registry)
         self.connections_closed = Counter(
             "paraserve_connections_closed",
@@ -65,6 +75,8 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
+        for reason in CLOSE_REASONS:  # every series exists from the start, so rates and alerts see a 0 before the first
+            self.connections_closed.labels(reason=reason)
         self.tokenize_pending = Gauge(
             "paraserve_tokenize_pending_pairs", "Pairs admitted and being tokenized (not yet queued).", registry=registry
         )

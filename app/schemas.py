@@ -95,6 +95,7 @@ class ModelInfo(BaseModel):
     model_bytes: int
     trace_shape: dict[str, int]
     padding: str = Field(description="Effective padding: fixed (the trace shape) or buckets (what `auto` chose, if set)")
+    workers: int = Field(description="Single-threaded model workers sharing the queue")
     random_init: bool = Field(description="True when the artifact was built from a random checkpoint (init-tiny): answers are random")
     cpu: dict[str, str] = Field(description="This host's CPU model, ATen vector ISA, int8 kernel path (vnni or avx2), quantized engine")
     manifest: dict[str, Any]

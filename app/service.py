@@ -92,6 +92,7 @@ class PredictionService:
             on_batch=self._observe_batch,
             on_depth=self.metrics.queue_depth.set,
             group_key=runtime.columns_for if runtime.padding == "buckets" else None,
+            workers=self.settings.workers,
         )
         m = self.metrics
         m.model_size.labels(variant=runtime.variant).set(runtime.model_bytes)
@@ -108,6 +109,10 @@ class PredictionService:
             }
         )
         m.queue_capacity.set(self.settings.queue_capacity)
+        m.workers.set(self.settings.workers)
+        for worker in range(self.settings.workers):  # every worker's series exists from the start, at 0
+            m.worker_busy.labels(worker=str(worker))
+            m.worker_batches.labels(worker=str(worker))
         started = time.perf_counter()
         await asyncio.get_running_loop().run_in_executor(self._tokenizer_pool, runtime.warm_up)
         log.info("warmed up in %.2f s", time.perf_counter() - started)
@@ -198,8 +203,10 @@ class PredictionService:
             raise ClientClosed("client closed the connection before the answer was ready")
         return gathered.result()
 
-    def _observe_batch(self, rows: int, result: BatchResult | None, seconds: float, waits: Sequence[float]) -> None:
+    def _observe_batch(self, worker: int, rows: int, result: BatchResult | None, seconds: float, waits: Sequence[float]) -> None:
         m = self.metrics
+        m.worker_busy.labels(worker=str(worker)).inc(seconds)
+        m.worker_batches.labels(worker=str(worker)).inc()
         for wait in waits:
             m.queue_wait.observe(wait)
         if result is None:

@@ -26,9 +26,10 @@ import httpx
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from artifact.kernels import cpu_description
 from artifact.runtime import Runtime
 from harness.local_server import running_server
-from harness.scrape import histogram_mean, samples
+from harness.scrape import histogram_mean, metric_sum, samples
 from model_build.mrpc import load_split
 from model_build.parity_pairs import PARITY_PAIRS
 
@@ -133,6 +134,66 @@ async def saturate(url: str, pairs: list[tuple[str, str]], seconds: float, warmu
     }
 
 
+async def closed_loop(url: str, pairs: list[tuple[str, str]], clients: int, seconds: float, warmup: float = 3.0) -> dict[str, float]:
+    """`clients` clients sending 1-8 consecutive pairs per request (half single pairs), back to back: the issue's load."""
+    latencies: list[float] = []
+    counted = Counter[str]()
+    start_measure = time.monotonic() + warmup
+    stop = start_measure + seconds
+
+    async def client_loop(client: httpx.AsyncClient, seed: int) -> None:
+        rng = random.Random(seed)
+        while time.monotonic() < stop:
+            n = 1 if rng.random() < 0.5 else rng.randint(2, 8)
+            first = rng.randrange(len(pairs))
+            body = {"pairs": [{"sentence1": a, "sentence2": b} for a, b in (pairs[(first + k) % len(pairs)] for k in range(n))]}
+            started = time.monotonic()
+            r = await client.post(f"{url}/predict", json=body)
+            done = time.monotonic()
+            if r.status_code == 200 and start_measure <= started and done <= stop:
+                latencies.append(done - started)
+                counted["pairs"] += n
+            elif r.status_code != 200:
+                counted[f"http_{r.status_code}"] += 1
+
+    async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=clients)) as client:
+        await asyncio.gather(*(client_loop(client, i) for i in range(clients)))
+    q = statistics.quantiles(latencies, n=100)
+    return {"pairs_per_s": counted["pairs"] / seconds, "p50_s": q[49], "p99_s": q[98], "requests": len(latencies), "errors": sum(
+        v for k, v in counted.items() if k.startswith("http_"))}  # fmt: skip
+
+
+def workers_table(args: argparse.Namespace, pairs: list[tuple[str, str]], source: str) -> int:
+    """1 worker vs 2 workers (vs 1 worker x 2 torch threads) on the default artifact, side by side in one run."""
+    configs = {"1 worker": {"workers": "1"}, "2 workers": {"workers": "2"}, "1 worker x 2 threads": {"workers": "1", "torch_threads": "2"}}
+    results: dict[str, Any] = {"pairs": source, "cpu": cpu_description(), "cpus": os.cpu_count(), "seconds": args.seconds}
+    for name, settings in configs.items():
+        print(f"{name}: 1 client, then 16 clients, {args.seconds:.0f} s each", flush=True)
+        with running_server(args.artifacts / "int8-calibrated", **settings) as server:
+            one = asyncio.run(closed_loop(server.url, pairs, 1, args.seconds))
+            many = asyncio.run(closed_loop(server.url, pairs, 16, args.seconds))
+            rss = metric_sum(samples(httpx.get(f"{server.url}/metrics").text), "process_resident_memory_bytes")
+        results[name] = {"one_client": one, "sixteen_clients": many, "rss_bytes": rss}
+    base = results["1 worker"]
+    print(
+        f"\nint8-calibrated, buckets, {source} traffic (1-8 pairs per request); CPU {results['cpu']['cpu_model']}, {os.cpu_count()} cores"
+    )
+    head = f"{'server':22s} {'pairs/s (16 cl.)':>16s} {'p50':>8s} {'p99':>8s} {'idle p50 (1 cl.)':>17s} {'p99':>8s}"
+    print(head + f" {'RSS MB':>7s} {'x 1 worker':>10s}")
+    for name in configs:
+        r = results[name]
+        m, o = r["sixteen_clients"], r["one_client"]
+        print(
+            f"{name:22s} {m['pairs_per_s']:16.1f} {m['p50_s'] * 1000:6.0f}ms {m['p99_s'] * 1000:6.0f}ms {o['p50_s'] * 1000:15.1f}ms "
+            f"{o['p99_s'] * 1000:6.1f}ms {r['rss_bytes'] / 1e6:7.0f} {m['pairs_per_s'] / base['sixteen_clients']['pairs_per_s']:9.2f}x"
+        )
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    out = args.json.with_name("workers.json")
+    out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {out}")
+    return 0
+
+
 def profile(pid: int, seconds: float, out: Path) -> dict[str, float]:
     """py-spy samples of every server thread under load: the fraction of wall time each kind of thread is busy."""
     raw = out.with_suffix(".folded")
@@ -221,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="measured saturation window per configuration")
     parser.add_argument("--json", type=Path, default=Path("bench-out/service.json"))
     parser.add_argument("--profile", type=Path, default=None, help="py-spy the default server under load; write the breakdown here")
+    parser.add_argument("--workers", action="store_true", help="only the workers table: 1 worker, 2 workers, 1 worker x 2 threads")
     args = parser.parse_args(argv)
     if args.profile and not Path(sys.executable).with_name("py-spy").exists():
         parser.error("--profile needs py-spy in this environment (it is in the dev extra: scripts/setup.sh)")
@@ -229,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
 
     source = "MRPC dev" if (args.data_dir / "dev.tsv").is_file() else "built-in pairs"
     pairs = [(p.sentence1, p.sentence2) for p in load_split(args.data_dir, "dev")] if source == "MRPC dev" else list(PARITY_PAIRS)
+    if args.workers:
+        return workers_table(args, pairs, source)
     rows = Runtime.load(args.artifacts / "int8").encode(pairs[:8])
     result: dict[str, Any] = {"pairs": source, "cpus": os.cpu_count(), "torch_version": torch.__version__, "clients": CLIENTS}
 
@@ -246,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: idle latency, then {CLIENTS} clients x 8 pairs for {args.seconds:.0f} s", flush=True)
         if padding == "fixed":  # raw forward right before and right after this server's run: machines drift
             raw_runs = [raw_forward(args.artifacts / variant, rows, RAW_RUNS[variant])]
-        with running_server(args.artifacts / variant, padding=padding) as server:
+        with running_server(args.artifacts / variant, padding=padding, workers="1") as server:  # one model thread vs its raw forward
             idle = asyncio.run(idle_latency(server.url, pairs))
             sat = asyncio.run(saturate(server.url, pairs, args.seconds))
         if padding == "fixed":
@@ -260,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.profile:  # a separate run: py-spy's sampling costs CPU the measured runs must not lose
         print(f"int8-calibrated (the default) under py-spy for {args.seconds:.0f} s", flush=True)
-        with running_server(args.artifacts / "int8-calibrated") as server:
+        with running_server(args.artifacts / "int8-calibrated", workers="1") as server:
             profiler = concurrent.futures.ThreadPoolExecutor(1).submit(_profile_later, server.process.pid, args)
             asyncio.run(saturate(server.url, pairs, args.seconds))
             result["profile"] = profiler.result()

@@ -231,3 +231,33 @@ def test_bucketed_padding_serves_the_same_scores_as_fixed_padding(tiny_artifacts
     assert served == pytest.approx(Runtime.load(fp32).predict(pairs), abs=1e-5)
     values = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples if not s.labels}
     assert values["paraserve_batch_token_fill_ratio_sum"] / values["paraserve_batch_token_fill_ratio_count"] > 0.5
+
+
+def test_two_workers_give_every_pair_the_score_it_gets_alone(tiny_artifacts: Path):
+    """int8-calibrated is batch-invariant, so which worker ran a pair (and with whom) cannot change its score."""
+    from artifact.runtime import Runtime
+
+    artifact = tiny_artifacts / "int8-calibrated"
+    app = create_app(settings_for(artifact, workers=2, max_batch_wait_ms=0), registry=CollectorRegistry())
+    pairs = list(PARITY_PAIRS)
+    alone = [Runtime.load(artifact).predict([pair])[0] for pair in pairs]
+    with TestClient(app) as client:
+        answers: dict[int, list[float]] = {}
+
+        def send(i: int) -> None:
+            subset = [pairs[(i + k) % len(pairs)] for k in range(1 + i % 5)]
+            body = {"pairs": [{"sentence1": a, "sentence2": b} for a, b in subset]}
+            answers[i] = [p["score"] for p in client.post("/predict", json=body).json()["predictions"]]
+
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(24)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+        info = client.get("/model").json()
+    for i, scores in answers.items():
+        assert scores == [alone[(i + k) % len(pairs)] for k in range(1 + i % 5)], i
+    batches = {s.labels["worker"]: s.value for s in families["paraserve_worker_batches"].samples if s.name.endswith("_total")}
+    assert set(batches) == {"0", "1"} and sum(batches.values()) >= 1
+    assert families["paraserve_workers"].samples[0].value == 2 and info["workers"] == 2

@@ -253,3 +253,94 @@ def test_rows_being_tokenized_count_against_the_capacity():
         return [r.score for r in results]
 
     assert asyncio.run(scenario()) == [0.01] * 4 + [0.02] * 6
+
+
+class TwoGates(FakeModel):
+    """Counts how many forwards run at once; each waits at the gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inside = 0
+        self.most_inside = 0
+        self.lock = threading.Lock()
+        self.threads: set[str] = set()
+
+    def forward(self, rows: list[float]) -> FakeResult:
+        with self.lock:
+            self.inside += 1
+            self.most_inside = max(self.most_inside, self.inside)
+            self.threads.add(threading.current_thread().name)
+        try:
+            if any(r < 0 for r in rows):
+                raise RuntimeError("this batch fails")
+            return super().forward(rows)
+        finally:
+            with self.lock:
+                self.inside -= 1
+
+
+def test_two_workers_run_batches_side_by_side_and_answer_rows_in_order():
+    async def scenario():
+        model = TwoGates()
+        model.gate.clear()
+        batcher = Batcher(model.forward, batch_size=8, max_wait_s=0.0, capacity=64, workers=2)
+        batcher.start()
+        first = batcher.submit([float(i) for i in range(8)])
+        await asyncio.sleep(0.05)
+        second = batcher.submit([float(i) for i in range(8, 16)])
+        await asyncio.sleep(0.05)
+        inside_while_held = model.inside  # both workers are in a forward, neither finished
+        third = batcher.submit([16.0])  # waits for a free worker
+        await asyncio.sleep(0.05)
+        depth_while_busy = batcher.depth
+        model.gate.set()
+        results = await asyncio.gather(*first, *second, *third)
+        await batcher.drain(1)
+        return model, inside_while_held, depth_while_busy, results
+
+    model, inside, depth, results = asyncio.run(scenario())
+    assert inside == 2 and model.most_inside == 2 and len(model.threads) == 2
+    assert depth == 1  # no third worker: the lone row waits in the queue, not in a thread
+    assert [r.score for r in results] == [i / 100 for i in range(17)]
+
+
+def test_a_failing_forward_on_one_worker_fails_only_its_batch():
+    async def scenario():
+        model = TwoGates()
+        model.gate.clear()
+        batcher = Batcher(model.forward, batch_size=8, max_wait_s=0.0, capacity=64, workers=2)
+        batcher.start()
+        bad = batcher.submit([-1.0] * 8)
+        await asyncio.sleep(0.05)
+        good = batcher.submit([2.0] * 8)
+        await asyncio.sleep(0.05)
+        model.gate.set()
+        bad_results = await asyncio.gather(*bad, return_exceptions=True)
+        good_results = await asyncio.gather(*good)
+        later = await asyncio.gather(*batcher.submit([3.0]))
+        alive = batcher.alive
+        await batcher.drain(1)
+        return bad_results, good_results, later, alive
+
+    bad, good, later, alive = asyncio.run(scenario())
+    assert all(isinstance(e, InferenceFailed) for e in bad)
+    assert [r.score for r in good] == [0.02] * 8 and [r.score for r in later] == [0.03] and alive
+
+
+def test_drain_waits_for_every_workers_batch():
+    async def scenario():
+        model = TwoGates()
+        model.gate.clear()
+        batcher = Batcher(model.forward, batch_size=8, max_wait_s=0.0, capacity=64, workers=2)
+        batcher.start()
+        futures = batcher.submit([1.0] * 8)
+        await asyncio.sleep(0.05)
+        futures += batcher.submit([2.0] * 8)
+        futures += batcher.submit([3.0] * 4)
+        await asyncio.sleep(0.05)
+        threading.Timer(0.2, model.gate.set).start()
+        drained = await batcher.drain(5)
+        return drained, [f.result().score for f in futures]
+
+    drained, scores = asyncio.run(scenario())
+    assert drained and scores == [0.01] * 8 + [0.02] * 8 + [0.03] * 4
