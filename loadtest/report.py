@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -59,6 +60,7 @@ def history(history_csv: Path) -> list[dict[str, float]]:
                     "t": t,
                     "users": float(row["User Count"]),
                     "rps": float(row["Requests/s"]),
+                    "total": float(row.get("Total Request Count") or "nan"),
                     "p50_s": _ms(row.get("50%")),
                     "p90_s": _ms(row.get("90%")),
                     "p99_s": _ms(row.get("99%")),
@@ -69,6 +71,20 @@ def history(history_csv: Path) -> list[dict[str, float]]:
         for r in rows:
             r["t"] -= start
     return rows
+
+
+def per_second(rows: Sequence[dict[str, float]]) -> tuple[list[float], list[float]]:
+    """Requests completed in each interval between history rows, divided by its length: the rate each second.
+
+    Locust's own Requests/s column is a running average over a window, which ramps for the whole start of a run.
+    """
+    times, rates = [], []
+    for before, after in itertools.pairwise(rows):
+        span = after["t"] - before["t"]
+        if span > 0 and after["total"] == after["total"] and before["total"] == before["total"]:  # skip NaN
+            times.append(after["t"])
+            rates.append((after["total"] - before["total"]) / span)
+    return times, rates
 
 
 def _ms(value: str | None) -> float:
@@ -159,19 +175,24 @@ def write_charts(out: Path, prefixes: Mapping[str, Path]) -> list[Path]:
     import matplotlib.pyplot as plt
 
     written = []
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
+    # One colour per target in every panel and chart; the line style tells the percentile.
+    colours = {name: f"C{i}" for i, name in enumerate(prefixes)}
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7.5), sharex=True)
     for name, prefix in prefixes.items():
         rows = history(Path(f"{prefix}_stats_history.csv"))
+        times, rates = per_second(rows)
+        top.plot(times, rates, color=colours[name], label=name)
         t = [r["t"] for r in rows]
-        top.plot(t, [r["rps"] for r in rows], label=f"{name} requests/s")
         for key, style in (("p50_s", "-"), ("p90_s", "--"), ("p99_s", ":")):
-            bottom.plot(t, [r[key] * 1000 for r in rows], style, label=f"{name} {key[:3]}")
-    top.set_ylabel("requests/s")
-    top.set_title("Throughput and latency over time")
-    top.legend()
-    bottom.set_ylabel("latency (ms)")
+            bottom.plot(t, [r[key] * 1000 for r in rows], style, color=colours[name], label=f"{name} {key[:3]}")
+    top.set_ylabel("requests completed per second")
+    top.set_title("Throughput (each second) and latency over time")
+    top.legend(title="target")
+    top.grid(True, alpha=0.3)
+    bottom.set_ylabel("latency (ms), locust's 10 s window")
     bottom.set_xlabel("seconds since start")
-    bottom.legend(ncol=2, fontsize="small")
+    bottom.legend(ncol=len(prefixes), fontsize="small", title="target and percentile (solid p50, dashed p90, dotted p99)")
+    bottom.grid(True, alpha=0.3)
     fig.tight_layout()
     path = out / "throughput_latency.png"
     fig.savefig(path, dpi=110)
@@ -186,7 +207,7 @@ def write_charts(out: Path, prefixes: Mapping[str, Path]) -> list[Path]:
             for c in PERCENTILE_COLUMNS
             if c != "100%" and row.get(c) not in (None, "", "N/A")  # a logit axis cannot show the maximum
         ]
-        ax.plot([p for p, _ in points], [v for _, v in points], marker="o", label=name)
+        ax.plot([p for p, _ in points], [v for _, v in points], marker="o", color=colours[name], label=name)
     ax.set_xscale("logit")
     ticks = [0.5, 0.9, 0.99, 0.999, 0.9999]
     ax.set_xticks(ticks, [f"p{t * 100:g}" for t in ticks])
@@ -194,7 +215,7 @@ def write_charts(out: Path, prefixes: Mapping[str, Path]) -> list[Path]:
     ax.set_xlabel("percentile")
     ax.set_ylabel("latency (ms)")
     ax.set_title("Latency distribution (whole run)")
-    ax.legend()
+    ax.legend(title="target")
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
     path = out / "latency_distribution.png"

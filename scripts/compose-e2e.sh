@@ -6,6 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 PROJECT=${E2E_PROJECT:-paraserve-e2e}
+# Test images never take the deployable names (paraserve:int8, paraserve:fp32): a tiny random model built here must
+# not be what a later `docker compose up` runs. tests/api/test_deploy_names.py checks the two differ.
+export PARASERVE_IMAGE=paraserve-e2e
 export INT8_PORT=${INT8_PORT:-18001} FP32_PORT=${FP32_PORT:-18002} PROMETHEUS_PORT=${PROMETHEUS_PORT:-19090}
 failures=()
 say() { echo "[compose-e2e] $*"; }
@@ -105,7 +108,7 @@ sys.exit(seen != ['fp32', 'int8'])"; do
     sleep 3
 done
 
-docker images --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep '^paraserve:' || true
+docker images --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep "^$PARASERVE_IMAGE:" || true
 if ((${#failures[@]})); then
     say "${#failures[@]} check(s) failed:"; printf '  - %s\n' "${failures[@]}"
     exit 1

@@ -84,3 +84,13 @@ def test_a_short_real_comparison_run(two_servers: dict[str, str], tmp_path: Path
         assert 1 <= target["batch_fill_rows"] <= 8
     assert (out / "latency_distribution.png").is_file()
     assert "int8 ÷ fp32" in (out / "report.md").read_text()
+
+
+def test_throughput_is_the_rate_of_each_second_not_locusts_running_average():
+    from loadtest.report import per_second
+
+    rows = [{"t": 0.0, "total": 0.0}, {"t": 1.0, "total": 50.0}, {"t": 2.0, "total": 150.0}, {"t": 4.0, "total": 170.0}]
+    assert per_second(rows) == ([1.0, 2.0, 4.0], [50.0, 100.0, 10.0])
+    real = history(FIXTURES / "int8_stats_history.csv")
+    _, rates = per_second(real)
+    assert len(rates) == len(real) - 1 and all(r >= 0 for r in rates)
