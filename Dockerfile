@@ -22,7 +22,7 @@ COPY model_build/ model_build/
 COPY harness/ harness/
 COPY loadtest/ loadtest/
 # torch==2.13.0 is already satisfied, so this adds only the pure-Python stack and tokenizers.
-RUN pip install . && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
+RUN pip install ".[tracing]" && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
 
 # ---- the load generator of the compose `loadtest` profile --------------------------------------------------
 FROM builder AS loadtest

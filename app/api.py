@@ -6,6 +6,7 @@ No `from __future__ import annotations` here: FastAPI must see the per-deploymen
 """
 
 import hmac
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -13,7 +14,17 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.config import Settings
 from app.errors import Unauthorized
-from app.schemas import ErrorResponse, ModelInfo, ModelRef, Prediction, PredictRequestBase, PredictResponse, Status, request_model
+from app.schemas import (
+    ClassValues,
+    ErrorResponse,
+    ModelInfo,
+    ModelRef,
+    Prediction,
+    PredictRequestBase,
+    PredictResponse,
+    Status,
+    request_model,
+)
 from app.service import PredictionService
 from artifact.encoding import label_for
 from artifact.kernels import cpu_description
@@ -43,9 +54,8 @@ async def get_service(request: Request) -> PredictionService:
 ServiceDep = Annotated[PredictionService, Depends(get_service)]
 
 
-def build_router(settings: Settings) -> APIRouter:
-    """Routes for one deployment; the /predict body type carries this deployment's limits."""
-    PredictRequest = request_model(settings.max_pairs_per_request, settings.max_sentence_chars)
+def api_key_guard(settings: Settings) -> Callable[[Request], Awaitable[None]]:
+    """The dependency that enforces PARASERVE_API_KEY (a no-op without one), for /predict and the v2 routes alike."""
     api_key = settings.api_key.get_secret_value().encode() if settings.api_key else None
 
     async def require_key(request: Request) -> None:
@@ -56,17 +66,41 @@ def build_router(settings: Settings) -> APIRouter:
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key):
             raise Unauthorized("missing or invalid API key: send Authorization: Bearer <key>")
 
+    return require_key
+
+
+def build_router(settings: Settings) -> APIRouter:
+    """Routes for one deployment; the /predict body type carries this deployment's limits."""
+    PredictRequest = request_model(settings.max_pairs_per_request, settings.max_sentence_chars)
+    require_key = api_key_guard(settings)
     protected = [Depends(require_key)]
     router = APIRouter()
 
-    @router.post("/predict", dependencies=protected, responses=ERRORS, summary="Are these sentence pairs paraphrases?")
+    @router.post(
+        "/predict",
+        dependencies=protected,
+        responses=ERRORS,
+        summary="Are these sentence pairs paraphrases?",
+        response_model_exclude_none=True,
+    )
     async def predict(body: PredictRequest, request: Request, response: Response, service: ServiceDep) -> PredictResponse:  # type: ignore[valid-type]
         assert isinstance(body, PredictRequestBase)
         pairs = [(p.sentence1, p.sentence2) for p in body.pairs]  # type: ignore[attr-defined]
         outcome = await service.predict(pairs, disconnected=lambda: _wait_for_disconnect(request))
         _timing_headers(response, outcome.queue_seconds, outcome.inference_seconds)
         runtime = service.runtime
-        predictions = [Prediction(label=label_for(s), score=s) for s in outcome.scores]  # type: ignore[arg-type]
+        threshold, want_logits = body.threshold, body.return_logits  # type: ignore[attr-defined]
+        predictions = [
+            Prediction(
+                label=label_for(score, threshold),  # type: ignore[arg-type]
+                score=score,
+                probabilities=ClassValues(not_paraphrase=1.0 - score, paraphrase=score),
+                logits=ClassValues(not_paraphrase=logits[0], paraphrase=logits[1]) if want_logits and logits else None,
+                tokens=tokens,
+                truncated=truncated,
+            )
+            for score, logits, tokens, truncated in zip(outcome.scores, outcome.logits, outcome.tokens, outcome.truncated, strict=True)
+        ]
         for p in predictions:
             service.metrics.predictions.labels(label=p.label).inc()
         return PredictResponse(predictions=predictions, model=ModelRef(name=runtime.name, variant=runtime.variant, sha256=runtime.sha256))

@@ -42,6 +42,7 @@ class RowResult:
     queue_seconds: float
     inference_seconds: float
     batch_id: int
+    logits: tuple[float, float] | None = None
 
 
 @dataclass(eq=False)
@@ -308,8 +309,9 @@ class Batcher(Generic[RowT]):
                 self._on_batch(worker, len(batch), None, time.perf_counter() - started, waits)
             return
         elapsed = time.perf_counter() - started
-        for row, score, wait in zip(batch, result.scores, waits, strict=False):
+        logits = getattr(result, "logits", None) or [None] * len(batch)
+        for row, score, row_logits, wait in zip(batch, result.scores, logits, waits, strict=False):
             if not row.future.done():  # cancelled while running: nobody to answer
-                row.future.set_result(RowResult(score, wait, elapsed, batch_id))
+                row.future.set_result(RowResult(score, wait, elapsed, batch_id, row_logits))
         if self._on_batch is not None:
             self._on_batch(worker, len(batch), result, elapsed, waits)

@@ -27,6 +27,14 @@ class BadRequest(ServiceError):
     """The request itself is malformed (e.g. a non-numeric Content-Length, invalid UTF-8)."""
 
 
+class InvalidInput(ServiceError):
+    """An Open Inference Protocol request whose tensors do not fit the model (names, types, shapes, limits)."""
+
+
+class ModelNotFound(ServiceError):
+    """A model name or version this server does not serve."""
+
+
 class NotFound(ServiceError):
     """No such route."""
 

@@ -32,6 +32,8 @@ class HttpKind:
 KINDS: dict[type[errors.ServiceError], HttpKind] = {
     errors.InvalidJSON: HttpKind(400, "invalid_json"),
     errors.BadRequest: HttpKind(400, "bad_request"),
+    errors.InvalidInput: HttpKind(400, "invalid_input"),
+    errors.ModelNotFound: HttpKind(404, "model_not_found"),
     errors.Unauthorized: HttpKind(401, "unauthorized"),
     errors.NotFound: HttpKind(404, "not_found"),
     errors.MethodNotAllowed: HttpKind(405, "method_not_allowed"),

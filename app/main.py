@@ -13,12 +13,14 @@ from typing import Any
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-from app.api import build_router
+from app.api import api_key_guard, build_router
 from app.config import Settings
 from app.http_errors import install_error_handlers
 from app.metrics import Metrics
 from app.middleware import MetricsMiddleware, RequestGuard
+from app.observability import RequestIdentity, Tracer
 from app.service import PredictionService
+from app.v2 import build_v2_router
 from artifact.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -41,15 +43,18 @@ def create_app(
     runtime: Runtime | None = None,
     registry: CollectorRegistry | None = None,
     stop_server: Callable[[], None] = _sigterm_self,
+    tracer: Tracer | None = None,
 ) -> FastAPI:
     """Build the app; settings come from PARASERVE_* when not given. Nothing is loaded until the lifespan runs.
 
     `stop_server` is how a dead model worker ends the process (so a supervisor restarts it); tests pass their own.
+    `tracer`: OpenTelemetry spans (default: from the OTEL_* variables, off when none configures an exporter).
     """
     settings = settings or Settings()
     registry = registry or CollectorRegistry()
     metrics = Metrics(registry)
-    service = PredictionService(settings, metrics, on_fatal=lambda _exc: stop_server())
+    tracer = tracer or Tracer.from_environment()
+    service = PredictionService(settings, metrics, on_fatal=lambda _exc: stop_server(), tracer=tracer)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -70,11 +75,14 @@ def create_app(
     app.state.service = service
     router = build_router(settings)
     app.include_router(router)
+    v2 = build_v2_router(settings, api_key_guard(settings), (runtime.name, runtime.sha256[:12]) if runtime else None)
+    app.include_router(v2)
     install_error_handlers(app)
-    known = frozenset(getattr(r, "path", "") for r in router.routes)
+    known = frozenset(getattr(r, "path", "") for r in [*router.routes, *v2.routes])
     json_routes = frozenset((m, r.path) for r in router.routes for m in getattr(r, "methods", ()) if m in ("POST", "PUT", "PATCH"))
     app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes, json_routes=json_routes)
     app.add_middleware(MetricsMiddleware, metrics=metrics, known_paths=known)
+    app.add_middleware(RequestIdentity, tracer=tracer)  # outermost: every answer, errors included, carries the id
     return app
 
 

@@ -6,7 +6,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model
 
-from artifact.encoding import visible_pattern
+from artifact.encoding import DECISION_THRESHOLD, visible_pattern
+
+# Thresholds at the extremes label everything one way; these bounds keep the knob meaningful.
+MIN_THRESHOLD, MAX_THRESHOLD = 0.01, 0.99
 
 Label = Literal["not_paraphrase", "paraphrase"]
 
@@ -47,14 +50,36 @@ def request_model(max_pairs: int, max_chars: int) -> type[PredictRequestBase]:
         "PredictRequest",
         __base__=PredictRequestBase,
         pairs=(list[pair], Field(min_length=1, max_length=max_pairs, description=f"1 to {max_pairs} pairs.")),  # type: ignore[valid-type]
+        threshold=(
+            float,
+            Field(
+                DECISION_THRESHOLD,
+                ge=MIN_THRESHOLD,
+                le=MAX_THRESHOLD,
+                description=f"Decision threshold on P(paraphrase) for `label` ({MIN_THRESHOLD} to {MAX_THRESHOLD}; default "
+                f"{DECISION_THRESHOLD}). Raise it for fewer false paraphrases, lower it for fewer missed ones; `score` is unchanged.",
+            ),
+        ),
+        return_logits=(bool, Field(False, description="Also return the two raw logits of each pair.")),
     )
+
+
+class ClassValues(BaseModel):
+    """One value per class."""
+
+    not_paraphrase: float
+    paraphrase: float
 
 
 class Prediction(BaseModel):
     """The answer for one pair."""
 
-    label: Label = Field(description="paraphrase when score >= 0.5")
+    label: Label = Field(description="paraphrase when score >= the request's threshold (default 0.5)")
     score: float = Field(ge=0.0, le=1.0, description="P(paraphrase) from the model's softmax")
+    probabilities: ClassValues = Field(description="Softmax probability of each class (they sum to 1)")
+    logits: ClassValues | None = Field(None, description="The model's raw logits, when return_logits is true")
+    tokens: int = Field(description="Tokens the model read for this pair, [CLS] and [SEP]s included, after truncation")
+    truncated: bool = Field(description="True when the pair was longer than the model's 128 tokens and was cut (longest_first)")
 
 
 class ModelRef(BaseModel):

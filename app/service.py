@@ -20,6 +20,7 @@ from app.batcher import Batcher, RowResult
 from app.config import Settings
 from app.errors import ClientClosed, NotReady, ShuttingDown, ValidationFailed
 from app.metrics import Metrics
+from app.observability import Tracer, now_ns
 from artifact.encoding import EncodedPair
 from artifact.kernels import cpu_description
 from artifact.runtime import BatchResult, Runtime
@@ -46,14 +47,18 @@ class Outcome:
     inference_seconds: float
     tokens: list[int]  # per pair, special tokens included, after truncation
     truncated: list[bool]
+    logits: list[tuple[float, float] | None]
 
 
 class PredictionService:
     """The model behind the HTTP layer, from loading to drain; `state` is the one source of readiness."""
 
-    def __init__(self, settings: Settings, metrics: Metrics, on_fatal: Callable[[BaseException], None] | None = None) -> None:
+    def __init__(
+        self, settings: Settings, metrics: Metrics, on_fatal: Callable[[BaseException], None] | None = None, tracer: Tracer | None = None
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.tracer = tracer or Tracer(None)
         self._on_fatal = on_fatal
         self.state = State.STARTING
         self.fatal: BaseException | None = None
@@ -170,18 +175,26 @@ class PredictionService:
         with self.batcher.incoming(len(pairs)):
             self.metrics.tokenize_pending.set(self.batcher.reserved)
             started = time.perf_counter()
-            rows = await loop.run_in_executor(self._tokenizer_pool, self.runtime.encode, pairs)
+            with self.tracer.span("tokenize", pairs=len(pairs)):
+                rows = await loop.run_in_executor(self._tokenizer_pool, self.runtime.encode, pairs)
             self.metrics.tokenize_duration.observe(time.perf_counter() - started)
             _require_tokens(rows)
+            submitted_ns = now_ns()
             futures = self.batcher.submit(rows, reserved=len(rows))
         self.metrics.tokenize_pending.set(self.batcher.reserved)
         results = await self._await_or_leave(futures, disconnected)
+        if self.tracer.enabled:  # intervals measured on the worker threads, recorded as this request's child spans
+            queued_ns = int(max(r.queue_seconds for r in results) * 1e9)
+            self.tracer.record("queue wait", submitted_ns, submitted_ns + queued_ns, pairs=len(rows))
+            for batch_id, seconds in {r.batch_id: r.inference_seconds for r in results}.items():
+                self.tracer.record("model forward", submitted_ns + queued_ns, submitted_ns + queued_ns + int(seconds * 1e9), batch=batch_id)
         return Outcome(
             scores=[r.score for r in results],
             queue_seconds=max(r.queue_seconds for r in results),
             inference_seconds=sum({r.batch_id: r.inference_seconds for r in results}.values()),
             tokens=[len(row) for row in rows],
             truncated=[row.truncated for row in rows],
+            logits=[r.logits for r in results],
         )
 
     async def _await_or_leave(

@@ -99,6 +99,7 @@ class BatchResult:
     scores: list[float]
     padded: PaddedBatch
     seconds: float
+    logits: list[tuple[float, float]]  # (not_paraphrase, paraphrase) per real row
 
 
 class Runtime:
@@ -179,10 +180,11 @@ class Runtime:
         started = time.perf_counter()
         logits = self._logits(padded)
         seconds = time.perf_counter() - started
-        scores = paraphrase_scores(logits[: padded.rows])
+        real = logits[: padded.rows]
+        scores = paraphrase_scores(real)
         if len(scores) != len(rows):
             raise RuntimeError(f"model returned {len(scores)} scores for {len(rows)} rows")
-        return BatchResult(scores, padded, seconds)
+        return BatchResult(scores, padded, seconds, [(float(a), float(b)) for a, b in real.float().tolist()])
 
     def _logits(self, padded: PaddedBatch) -> torch.Tensor:
         with torch.inference_mode():

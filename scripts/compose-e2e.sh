@@ -17,7 +17,13 @@ fail() { failures+=("$*"); say "FAIL: $*"; }
 if command -v docker-compose >/dev/null 2>&1; then compose=(docker-compose); else compose=(docker compose); fi
 dc() { "${compose[@]}" -p "$PROJECT" -f docker-compose.yml "$@"; }
 
-if [[ -f ../shared/env/docker/start.sh ]]; then bash ../shared/env/docker/start.sh; fi
+if [[ -f ../shared/env/docker/start.sh ]]; then
+    # That helper finds the Debian mirror by grepping /etc/apt/sources.list *and* sources.list.d under pipefail, so on
+    # a machine whose apt sources are only deb822 files (sources.list.d/debian.sources) the missing file alone stops
+    # it (grep exits 2). An empty sources.list is valid for apt and lets it read the mirror from debian.sources.
+    if [[ ! -e /etc/apt/sources.list && -d /etc/apt/sources.list.d && $(id -u) == 0 ]]; then touch /etc/apt/sources.list; fi
+    bash ../shared/env/docker/start.sh
+fi
 scripts/setup.sh
 scripts/fetch-torch-wheel.sh >/dev/null
 

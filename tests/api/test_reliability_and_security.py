@@ -125,14 +125,21 @@ def test_a_client_that_leaves_frees_its_queue_slots(int8_dir: Path, runtime: Gat
 
 @pytest.mark.slow
 def test_schemathesis_finds_no_5xx_and_no_schema_violation(int8_dir: Path, tmp_path: Path):
-    """Property-based requests from our own OpenAPI schema against a real server (bounded, fixed seed)."""
+    """Property-based requests from our own OpenAPI schema against a real server (bounded, fixed seed).
+
+    The v2 routes run without the positive-data check: a v2 tensor body has constraints JSON Schema cannot state
+    (two inputs named text_a and text_b, each shape equal to its data's length), so a schema-valid body is often a
+    correct 400; every other check (no 5xx, response and status conformance, negative data refused) still applies.
+    """
     from tests.servers import running_server
 
+    runs = [["--exclude-path-regex", "^/v2"], ["--include-path-regex", "^/v2", "--exclude-checks", "positive_data_acceptance"]]
     with running_server(int8_dir) as url:
-        result = subprocess.run(
-            [sys.executable, "-m", "schemathesis.cli", "run", f"{url}/openapi.json", "--checks", "all", "--max-examples", "50",
-             "--seed", "42", "--no-color"],
-            capture_output=True, text=True, timeout=240, cwd=tmp_path,  # its .schemathesis cache stays out of the tree
-        )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert "No issues found" in result.stdout
+        for extra in runs:
+            result = subprocess.run(
+                [sys.executable, "-m", "schemathesis.cli", "run", f"{url}/openapi.json", "--checks", "all", "--max-examples", "50",
+                 "--seed", "42", "--no-color", *extra],
+                capture_output=True, text=True, timeout=240, cwd=tmp_path,  # its .schemathesis cache stays out of the tree
+            )  # fmt: skip
+            assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+            assert "No issues found" in result.stdout
