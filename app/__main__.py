@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import logging
 import resource
@@ -115,14 +116,7 @@ def main() -> int:
         return 2
     app = create_app(settings, runtime=runtime)
     service: PredictionService = app.state.service
-    limits = ConnectionLimits(
-        max_connections=settings.max_connections,
-        header_timeout_s=settings.header_timeout_s,
-        body_timeout_s=settings.body_timeout_s,
-        send_timeout_s=settings.send_timeout_s,
-        max_header_bytes=settings.max_header_bytes,
-        max_pipelined=settings.max_pipelined,
-    )
+    limits = ConnectionLimits(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(ConnectionLimits)})
     config = uvicorn.Config(
         app,
         http=guarded_protocol(limits, service.metrics),
