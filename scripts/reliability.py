@@ -40,7 +40,7 @@ CLIENT_TIMEOUT_S = 60.0  # generous: a request without an answer in a minute is 
 MAX_REQUESTS_PER_PHASE = 200_000
 MIN_OVERLOAD_CLIENTS = 16  # two full batches of concurrent requests
 RSS_ALLOWANCE_MB = 300  # over the first attack's starting RSS, for every attack (was +3,900 MB for one long-text request)
-LONG_TEXT_P99_S = 3.0  # an ordinary request behind three 64-pair long-text requests being tokenized (was 13 s)
+TOKENIZE_LONG_PAIR_S = 0.005  # a pair of two 2,000-character sentences: 2-4 ms measured (encoding.PairEncoder)
 OTHER_ATTACK_P99_S = 1.0  # connection-level attacks cost the model nothing
 
 
@@ -250,6 +250,7 @@ LONG_TEXTS = ("." * 2000, "漢" * 2000, ("word " * 400).strip())
 class AttackRow:
     name: str
     what: str
+    batch_s: float = 0.0  # mean forward time per batch during the attack
     rss_mb: tuple[float, float] = (0.0, 0.0)
     fds: tuple[float, float] = (0.0, 0.0)
     ordinary: tuple[float, float, int] = (0.0, 0.0, 0)  # p50, p99 (s), requests
@@ -468,6 +469,8 @@ async def hostile_clients(url: str, quick: bool, report: Report) -> None:
         row.rss_mb = (metric_sum(before, "process_resident_memory_bytes") / 1e6, metric_sum(after, "process_resident_memory_bytes") / 1e6)
         row.fds = (metric_sum(before, "process_open_fds"), metric_sum(after, "process_open_fds"))
         row.ordinary = (statistics.median(latencies) if latencies else float("nan"), p99(latencies), len(latencies))
+        batches = metric_delta(before, after, "paraserve_inference_duration_seconds_count")
+        row.batch_s = metric_delta(before, after, "paraserve_inference_duration_seconds_sum") / batches if batches else 0.0
         rows.append(row)
     print(f"  {'attack':12s} {'RSS MB before->after':>21s} {'fds':>11s} {'ordinary p50/p99 (n)':>24s}  outcome")
     for r in rows:
@@ -485,8 +488,19 @@ async def hostile_clients(url: str, quick: bool, report: Report) -> None:
         rows[-1].fds[1] <= baseline_fds + 10,
         f"open fds back to the baseline after the attacks: {baseline_fds:.0f} -> {rows[-1].fds[1]:.0f}",
     )
+    # Long texts are legitimate, admitted work (2,000 characters is within the limits): an ordinary request waits
+    # for what was admitted ahead of it, no more. That is the three attackers' pairs (at most the queue capacity) in
+    # full 128-token batches shared by the workers, plus their tokenization, plus its own batch; x1.5 and +1 s slack.
+    capacity = scrape(url).get(("paraserve_queue_capacity_pairs", ()), 256)
+    workers = scrape(url).get(("paraserve_workers", ()), 1) or 1
+    ahead = min(capacity, 3 * long_pairs)
+    long_bound = (math.ceil(ahead / 8) / workers + 2) * rows[0].batch_s * 1.5 + 3 * long_pairs * TOKENIZE_LONG_PAIR_S + 1.0
     long_p99 = rows[0].ordinary[1]
-    report.check(long_p99 <= LONG_TEXT_P99_S, f"ordinary p99 during long texts {long_p99:.2f} s <= {LONG_TEXT_P99_S} s (was 13 s)")
+    report.check(
+        long_p99 <= long_bound,
+        f"ordinary p99 during long texts {long_p99:.2f} s <= {long_bound:.2f} s ((ceil({ahead:.0f} pairs ahead / 8) / {workers:.0f} "
+        f"workers + 2) batches x {rows[0].batch_s * 1000:.0f} ms x 1.5 + tokenizing {3 * long_pairs} long pairs + 1 s; was 13 s)",
+    )
     others = max(r.ordinary[1] for r in rows[1:])
     report.check(others <= OTHER_ATTACK_P99_S, f"ordinary p99 during the connection attacks {others:.2f} s <= {OTHER_ATTACK_P99_S} s")
     for r in rows[3:6]:
