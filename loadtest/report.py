@@ -177,7 +177,7 @@ def write_charts(out: Path, prefixes: Mapping[str, Path]) -> list[Path]:
     written = []
     # One colour per target in every panel and chart; the line style tells the percentile.
     colours = {name: f"C{i}" for i, name in enumerate(prefixes)}
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7.5), sharex=True)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 7.5), sharex=True)
     for name, prefix in prefixes.items():
         rows = history(Path(f"{prefix}_stats_history.csv"))
         times, rates = per_second(rows)
@@ -187,11 +187,11 @@ def write_charts(out: Path, prefixes: Mapping[str, Path]) -> list[Path]:
             bottom.plot(t, [r[key] * 1000 for r in rows], style, color=colours[name], label=f"{name} {key[:3]}")
     top.set_ylabel("requests completed per second")
     top.set_title("Throughput (each second) and latency over time")
-    top.legend(title="target")
+    top.legend(title="target", loc="upper left", bbox_to_anchor=(1.01, 1))
     top.grid(True, alpha=0.3)
     bottom.set_ylabel("latency (ms), locust's 10 s window")
     bottom.set_xlabel("seconds since start")
-    bottom.legend(ncol=len(prefixes), fontsize="small", title="target and percentile (solid p50, dashed p90, dotted p99)")
+    bottom.legend(fontsize="small", title="percentile:\nsolid p50\ndashed p90\ndotted p99", loc="upper left", bbox_to_anchor=(1.01, 1))
     bottom.grid(True, alpha=0.3)
     fig.tight_layout()
     path = out / "throughput_latency.png"
