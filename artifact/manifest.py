@@ -183,7 +183,10 @@ def _get(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -> An
 
 
 def _optional(data: Mapping[str, Any], key: str, kind: type) -> Any:
-    value = data.get(key)
+    """A field that must be present and may be null (fp32 has no int8 widths)."""
+    if key not in data:
+        raise ArtifactError(f"manifest lacks {key!r}: rebuild the artifact")
+    value = data[key]
     return None if not value else kind(**value)
 
 

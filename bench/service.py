@@ -294,7 +294,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers:
         return workers_table(args, pairs, source)
     rows = Runtime.load(args.artifacts / "int8").encode(pairs[:8])
-    result: dict[str, Any] = {"pairs": source, "cpus": os.cpu_count(), "torch_version": torch.__version__, "clients": CLIENTS}
+    result: dict[str, Any] = {
+        "pairs": source,
+        "cpus": os.cpu_count(),
+        "cpu": cpu_description(),
+        "torch_version": torch.__version__,
+        "clients": CLIENTS,
+    }
 
     print("raw forward, one 8x128 batch, median:", flush=True)
     raw = {

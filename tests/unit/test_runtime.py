@@ -120,3 +120,20 @@ def test_an_artifacts_root_serves_the_best_variant_this_host_runs(tiny_artifacts
     shutil.rmtree(root / "int8")
     with pytest.raises(ArtifactError, match="saturates"):
         choose_artifact(vnni_only)  # nothing here can run: refused
+
+
+def test_an_artifact_of_an_older_format_is_refused_with_one_rebuild_line(tiny_artifacts: Path, tmp_path: Path):
+    from artifact.manifest import read_manifest
+
+    old = tmp_path / "int8"
+    shutil.copytree(tiny_artifacts / "int8", old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest["format_version"] = 2
+    del manifest["int8"]  # as the previous format wrote it
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match=r"format version 2; this paraserve reads 3: rebuild the artifact"):
+        read_manifest(old)
+    manifest["format_version"] = 3  # the current version, but a field missing: the same one-line kind of refusal
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match=r"manifest lacks 'int8': rebuild the artifact"):
+        read_manifest(old)
