@@ -60,7 +60,7 @@ def create_app(
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         loaded = runtime or await asyncio.to_thread(Runtime.load, settings.artifact_dir, **runtime_options(settings))
         await service.start(loaded)
-        log.info("ready: %s %s on %d thread(s)", loaded.name, loaded.variant, settings.torch_threads)
+        log.info("ready: %s %s on %d worker(s) x %d thread(s)", loaded.name, loaded.variant, settings.workers, settings.torch_threads)
         try:
             yield
         finally:
