@@ -21,7 +21,9 @@ COPY app/ app/
 COPY model_build/ model_build/
 COPY harness/ harness/
 COPY loadtest/ loadtest/
-# torch==2.13.0 is already satisfied, so this adds only the pure-Python stack and tokenizers.
+# torch==2.13.0 is already satisfied, so this adds only the pure-Python stack, tokenizers and the OpenTelemetry
+# exporter (the `tracing` extra, off unless OTEL_* configures it); versions are pyproject.toml's.
+# hadolint ignore=DL3013
 RUN pip install ".[tracing]" && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
 
 # ---- the load generator of the compose `loadtest` profile --------------------------------------------------

@@ -1,0 +1,256 @@
+#!/usr/bin/env python3
+"""The checks of scripts/ray-e2e.sh against a running two-host Ray Serve cluster (run inside the head's netns).
+
+Phases, each bounded in time and requests: idle (1 replica); load (replicas scale up, onto both hosts, nothing
+lost, no 5xx); light load while the autoscaler scales back down (nothing lost, no 5xx); a replica killed by its
+pid mid-load (replaced; clients see only 200, 503 or a retried request, never a hang). Prints a table of replicas
+per host over time with pairs/s, p50/p99 and errors; exits 1 on a breach.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import signal
+import statistics
+import sys
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from model_build.parity_pairs import PARITY_PAIRS
+
+REPLICA_CLASS = "ServeReplica:paraserve:Paraserve"
+CLIENT_TIMEOUT_S = 30.0
+MAX_REQUESTS = 100_000
+
+
+@dataclass
+class Tally:
+    statuses: Counter[str] = field(default_factory=Counter)
+    latencies: list[float] = field(default_factory=list)
+    pairs: int = 0
+
+
+def replicas(dashboard: str) -> list[dict]:
+    """ALIVE replica actors with their pid and node ip (Ray's state API on the head's dashboard)."""
+    from ray.util.state import list_actors, list_nodes
+
+    nodes = {n["node_id"]: n["node_ip"] for n in list_nodes(address=dashboard, limit=100, raise_on_missing_output=False)}
+    actors = list_actors(
+        address=dashboard,
+        filters=[("class_name", "=", REPLICA_CLASS), ("state", "=", "ALIVE")],
+        detail=True,
+        limit=100,
+        raise_on_missing_output=False,
+    )
+    return [{"id": a["actor_id"], "pid": a["pid"], "ip": nodes.get(a["node_id"], "?")} for a in actors]
+
+
+async def load(url: str, clients: int, seconds: float, tally: Tally, pairs_per_request: int = 8) -> None:
+    """Closed loop; a request that fails without an answer, or with a 5xx other than 503, is retried once."""
+    deadline = time.monotonic() + seconds
+    async with httpx.AsyncClient(timeout=CLIENT_TIMEOUT_S) as client:
+
+        async def worker(seed: int) -> None:
+            rng = random.Random(seed)
+            while time.monotonic() < deadline and sum(tally.statuses.values()) < MAX_REQUESTS:
+                body = {"pairs": [{"sentence1": a, "sentence2": b} for a, b in rng.sample(PARITY_PAIRS, pairs_per_request)]}
+                started = time.perf_counter()
+                outcome = await send(client, f"{url}/predict", body)
+                if outcome == "5xx/no answer, then retried":
+                    outcome = "retried: " + await send(client, f"{url}/predict", body)
+                tally.statuses[outcome] += 1
+                if outcome.endswith("200"):
+                    tally.latencies.append(time.perf_counter() - started)
+                    tally.pairs += pairs_per_request
+                elif "503" in outcome or "429" in outcome:
+                    await asyncio.sleep(0.2)
+
+        await asyncio.gather(*(worker(i) for i in range(clients)))
+
+
+async def send(client: httpx.AsyncClient, url: str, body: dict) -> str:
+    try:
+        r = await client.post(url, json=body)
+    except httpx.TimeoutException:
+        return "hang (timeout)"
+    except httpx.HTTPError:
+        return "5xx/no answer, then retried"
+    if r.status_code >= 500 and r.status_code != 503:
+        return "5xx/no answer, then retried"
+    return str(r.status_code)
+
+
+@dataclass
+class Sample:
+    t: float
+    by_host: dict[str, int]
+    pairs_per_s: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+async def watch(
+    dashboard: str, hosts: list[str], tally: Tally, stop: asyncio.Event, samples: list[Sample], start: float, every: float = 3.0
+) -> None:
+    last_pairs, last_n, last_t = tally.pairs, 0, time.monotonic()
+    while not stop.is_set():
+        await asyncio.sleep(every)
+        now = time.monotonic()
+        current = await asyncio.to_thread(replicas, dashboard)
+        window = tally.latencies[last_n:]
+        q = statistics.quantiles(window, n=100) if len(window) >= 2 else [float("nan")] * 99
+        errors = sum(v for k, v in tally.statuses.items() if not k.endswith("200"))
+        samples.append(
+            Sample(
+                now - start,
+                {h: sum(1 for r in current if r["ip"] == h) for h in hosts},
+                (tally.pairs - last_pairs) / (now - last_t),
+                q[49] * 1000,
+                q[98] * 1000,
+                errors,
+            )
+        )
+        last_pairs, last_n, last_t = tally.pairs, len(tally.latencies), now
+
+
+Action = Callable[[], Awaitable[None]] | None
+
+
+async def phase(
+    name: str,
+    url: str,
+    dashboard: str,
+    hosts: list[str],
+    clients: int,
+    seconds: float,
+    samples: list[Sample],
+    start: float,
+    action: Action = None,
+) -> Tally:
+    print(f"== {name}: {clients} clients for {seconds:.0f} s", flush=True)
+    tally, stop = Tally(), asyncio.Event()
+    watcher = asyncio.ensure_future(watch(dashboard, hosts, tally, stop, samples, start))
+    loader = asyncio.ensure_future(load(url, clients, seconds, tally))
+    if action is not None:
+        await action()
+    await loader
+    stop.set()
+    await watcher
+    print(f"   answers: {dict(tally.statuses)}", flush=True)
+    return tally
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float, every: float = 2.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await asyncio.to_thread(predicate):
+            return True
+        await asyncio.sleep(every)
+    return False
+
+
+async def run(args: argparse.Namespace) -> bool:
+    hosts = args.hosts.split(",")
+    ok = True
+
+    def check(passed: bool, text: str) -> None:
+        nonlocal ok
+        ok &= passed
+        print(f"  [{'ok' if passed else 'BREACH'}] {text}", flush=True)
+
+    def ready() -> bool:
+        try:
+            return httpx.get(f"{args.url}/readyz", timeout=3).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    check(await wait_for(ready, 240), "the endpoint answers /readyz through Ray Serve's proxy")
+    if not ok:
+        return False  # nothing deployed: the rest would only repeat it
+    check(await wait_for(lambda: len(replicas(args.dashboard)) == 1, 60), "idle: 1 replica (min_replicas)")
+    samples: list[Sample] = []
+    start = time.monotonic()
+    scale = 1.0 if not args.full else 2.0
+    heavy = await phase("load", args.url, args.dashboard, hosts, 16, 45 * scale, samples, start)
+    peak = max((sum(s.by_host.values()) for s in samples), default=0)
+    hosts_used = {h for s in samples for h, n in s.by_host.items() if n}
+    check(peak >= 2, f"replicas scaled up under load: peak {peak}")
+    check(hosts_used == set(hosts), f"replicas ran on both hosts: {sorted(hosts_used)}")
+    bad = {k: v for k, v in heavy.statuses.items() if k not in ("200", "429")}  # 429: explicit backpressure, with Retry-After
+    check(not bad, f"scale-up: nothing lost, no 5xx ({sum(heavy.statuses.values())} sent: {dict(heavy.statuses)})")
+
+    light = Tally()
+    print("== scale-down: 1 client until the autoscaler returns to 1 replica (at most 90 s)", flush=True)
+    stop = asyncio.Event()
+    watcher = asyncio.ensure_future(watch(args.dashboard, hosts, light, stop, samples, start))
+    loader = asyncio.ensure_future(load(args.url, 1, 90, light, pairs_per_request=1))
+    down = await wait_for(lambda: len(replicas(args.dashboard)) == 1, 90)
+    loader.cancel()
+    await asyncio.gather(loader, return_exceptions=True)
+    stop.set()
+    await watcher
+    check(down, "scaled back down to 1 replica after the load stopped")
+    bad = {k: v for k, v in light.statuses.items() if k not in ("200", "429")}
+    check(not bad, f"scale-down: nothing lost, no 5xx ({sum(light.statuses.values())} sent: {dict(light.statuses)})")
+
+    killed: dict[str, str] = {}
+
+    async def kill_one() -> None:
+        await asyncio.sleep(8)
+        current = await asyncio.to_thread(replicas, args.dashboard)
+        if not current:
+            return
+        victim = current[0]
+        os.kill(victim["pid"], signal.SIGKILL)
+        killed.update(id=victim["id"], ip=victim["ip"], pid=str(victim["pid"]))
+        print(f"   killed replica {victim['id'][:8]} (pid {victim['pid']}) on {victim['ip']}", flush=True)
+
+    kill = await phase("a replica killed by its pid mid-load", args.url, args.dashboard, hosts, 8, 30 * scale, samples, start, kill_one)
+    replaced = await wait_for(
+        lambda: bool(replicas(args.dashboard)) and killed.get("id") not in {r["id"] for r in replicas(args.dashboard)}, 60
+    )
+    check(replaced and ready(), f"the killed replica is gone and the endpoint is ready again ({len(replicas(args.dashboard))} replica(s))")
+    allowed = {"200", "503", "retried: 200", "retried: 503"}
+    check(set(kill.statuses) <= allowed, f"during the kill, only 200, 503 or retried answers: {dict(kill.statuses)}")
+    check(not any("hang" in k for k in kill.statuses), "no request hung")
+
+    print(
+        f"\n{'t (s)':>6s} "
+        + " ".join(f"{'replicas@' + h:>20s}" for h in hosts)
+        + f" {'pairs/s':>8s} {'p50 ms':>7s} {'p99 ms':>7s} {'errors':>6s}"
+    )
+    for s in samples:
+        print(
+            f"{s.t:6.0f} "
+            + " ".join(f"{s.by_host[h]:20d}" for h in hosts)
+            + f" {s.pairs_per_s:8.1f} {s.p50_ms:7.0f} {s.p99_ms:7.0f} {s.errors:6d}"
+        )
+    print(f"\n{'PASS' if ok else 'FAIL'}: Ray Serve on two hosts", flush=True)
+    return ok
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", required=True, help="Ray Serve's HTTP proxy on the head (a lab address)")
+    parser.add_argument("--dashboard", required=True, help="the head's dashboard, for Ray's state API")
+    parser.add_argument("--hosts", required=True, help="comma-separated node IPs")
+    parser.add_argument("--full", action="store_true", help="longer phases")
+    args = parser.parse_args()
+    for address in (args.url, args.dashboard):
+        if not address.startswith("http://10.231.0."):
+            parser.error("addresses must be netlab hosts (10.231.0.x): traffic stays on this machine")
+    return 0 if asyncio.run(run(args)) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
