@@ -4,7 +4,8 @@
 # shorter autoscaling delays), then scripts/ray_e2e.py drives a bounded load and checks scale-up onto both hosts,
 # scale-down, a killed replica, nothing lost. Every process it starts ends by itself; down.sh runs even on failure.
 #   ARTIFACT=<artifact folder>   serve this instead of a tiny int8-calibrated model built here
-#   RAY_E2E_FULL=1               longer phases (the README's measured run); default is the CI form
+#   RAY_E2E_FULL=1               longer phases; default is the CI form
+#   RAY_E2E_MEASURE=1,2,4        instead of the checks: pairs/s at these fixed replica counts (the README's table)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -69,6 +70,11 @@ yaml.safe_dump(config, open(out, "w"))
 EOF
 say "deploying deploy/ray/config.yaml (test artifact, short autoscaling delays)"
 in_lab lab1 .venv-ray/bin/serve deploy "$config" --address "http://$HEAD_IP:8265" >/dev/null
+if [[ -n ${RAY_E2E_MEASURE:-} ]]; then
+    in_lab lab1 .venv-ray/bin/python scripts/ray_e2e.py --url "http://$HEAD_IP:8000" --dashboard "http://$HEAD_IP:8265" \
+        --hosts "$HEAD_IP,$WORKER_IP" --measure "$RAY_E2E_MEASURE" --config "$config"
+    exit
+fi
 in_lab lab1 .venv-ray/bin/python scripts/ray_e2e.py --url "http://$HEAD_IP:8000" --dashboard "http://$HEAD_IP:8265" \
     --hosts "$HEAD_IP,$WORKER_IP" ${RAY_E2E_FULL:+--full} \
     || { in_lab lab1 .venv-ray/bin/serve status --address "http://$HEAD_IP:8265" | tail -30; exit 1; }

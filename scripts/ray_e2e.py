@@ -150,6 +150,13 @@ async def phase(
     return tally
 
 
+def is_ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz", timeout=3).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 async def wait_for(predicate: Callable[[], bool], timeout: float, every: float = 2.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -169,10 +176,7 @@ async def run(args: argparse.Namespace) -> bool:
         print(f"  [{'ok' if passed else 'BREACH'}] {text}", flush=True)
 
     def ready() -> bool:
-        try:
-            return httpx.get(f"{args.url}/readyz", timeout=3).status_code == 200
-        except httpx.HTTPError:
-            return False
+        return is_ready(args.url)
 
     check(await wait_for(ready, 240), "the endpoint answers /readyz through Ray Serve's proxy")
     if not ok:
@@ -239,16 +243,55 @@ async def run(args: argparse.Namespace) -> bool:
     return ok
 
 
+async def measure(args: argparse.Namespace) -> bool:
+    """Pairs/s and latency with a fixed number of replicas each (the README's scaling figures); no autoscaling."""
+    import subprocess
+
+    import yaml
+
+    rows = []
+    for n in (int(x) for x in args.measure.split(",")):
+        config = yaml.safe_load(Path(args.config).read_text())
+        deployment = config["applications"][0]["deployments"][0]
+        deployment.pop("autoscaling_config", None)
+        deployment["num_replicas"] = n
+        fixed = Path(args.config).with_suffix(f".{n}.yaml")
+        fixed.write_text(yaml.safe_dump(config))
+        serve_cli = str(Path(sys.executable).with_name("serve"))
+        subprocess.run([serve_cli, "deploy", str(fixed), "--address", args.dashboard], check=True, stdout=subprocess.DEVNULL)
+        if not await wait_for(lambda n=n: len(replicas(args.dashboard)) == n and is_ready(args.url), 240):
+            print(f"{n} replicas did not come up", flush=True)
+            return False
+        await asyncio.sleep(5)
+        tally = Tally()
+        started = time.monotonic()
+        await load(args.url, 16, 30, tally)
+        elapsed = time.monotonic() - started
+        q = statistics.quantiles(tally.latencies, n=100)
+        by_host = Counter(r["ip"] for r in replicas(args.dashboard))
+        rows.append(
+            (n, dict(by_host), tally.pairs / elapsed, q[49] * 1000, q[98] * 1000, sum(v for k, v in tally.statuses.items() if k != "200"))
+        )
+    print(f"\n{'replicas':>8s} {'per host':>28s} {'pairs/s':>8s} {'p50 ms':>7s} {'p99 ms':>7s} {'errors':>6s}")
+    for n, hosts, rate, p50, p99_, errors in rows:
+        print(f"{n:8d} {hosts!s:>28s} {rate:8.1f} {p50:7.0f} {p99_:7.0f} {errors:6d}")
+    return True
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", required=True, help="Ray Serve's HTTP proxy on the head (a lab address)")
     parser.add_argument("--dashboard", required=True, help="the head's dashboard, for Ray's state API")
     parser.add_argument("--hosts", required=True, help="comma-separated node IPs")
     parser.add_argument("--full", action="store_true", help="longer phases")
+    parser.add_argument("--measure", default=None, help="instead of the checks: pairs/s at these fixed replica counts, e.g. 1,2,4")
+    parser.add_argument("--config", default=None, help="with --measure: the deployed Serve config, to redeploy with fixed replicas")
     args = parser.parse_args()
     for address in (args.url, args.dashboard):
         if not address.startswith("http://10.231.0."):
             parser.error("addresses must be netlab hosts (10.231.0.x): traffic stays on this machine")
+    if args.measure:
+        return 0 if asyncio.run(measure(args)) else 1
     return 0 if asyncio.run(run(args)) else 1
 
 
