@@ -118,12 +118,6 @@ class GuardedH11Protocol(H11Protocol):
         elif their is h11.DONE and self._timer_reason == "body":
             self._disarm()
 
-    def handle_events(self) -> None:
-        try:
-            super().handle_events()
-        except h11.RemoteProtocolError:  # pragma: no cover - uvicorn catches it; kept for other h11 versions
-            self.send_400_response("Invalid HTTP request received.")
-
     def send_400_response(self, msg: str) -> None:
         """uvicorn answers malformed HTTP in text/plain; here it is the one JSON shape, 431 for oversized headers."""
         if self.conn.their_state is h11.ERROR and len(self.conn.trailing_data[0]) >= self.limits.max_header_bytes:
