@@ -27,7 +27,6 @@ from app.schemas import (
 )
 from app.service import PredictionService
 from artifact.encoding import label_for
-from artifact.kernels import cpu_description
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
@@ -131,7 +130,7 @@ def build_router(settings: Settings) -> APIRouter:
             padding=rt.padding,
             random_init=rt.manifest.source.random_init,
             workers=settings.workers,
-            cpu=cpu_description(),
+            cpu=service.cpu,
             manifest=manifest,
             settings=settings.public(),
         )

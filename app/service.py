@@ -66,6 +66,7 @@ class PredictionService:
         self._runtime: Runtime | None = None
         self._batcher: Batcher[EncodedPair] | None = None
         self._tokenizer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
+        self.cpu: dict[str, str] = {}
         metrics.ready.set(0)
 
     @property
@@ -101,7 +102,7 @@ class PredictionService:
         )
         m = self.metrics
         m.model_size.labels(variant=runtime.variant).set(runtime.model_bytes)
-        cpu = cpu_description()
+        self.cpu = cpu_description()  # once: GET /model and the info metric report it, the CPU does not change
         m.model_info.info(
             {
                 "name": runtime.name,
@@ -109,7 +110,7 @@ class PredictionService:
                 "sha256": runtime.sha256,
                 "torch_version": torch.__version__,
                 "trace_shape": f"{runtime.batch_size}x{runtime.seq_len}",
-                "int8_kernel": cpu["int8_kernel"],
+                "int8_kernel": self.cpu["int8_kernel"],
                 "random_init": str(runtime.manifest.source.random_init).lower(),
             }
         )
