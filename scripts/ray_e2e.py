@@ -150,6 +150,13 @@ async def phase(
     return tally
 
 
+def node_metrics(host: str, port: int = 8080) -> str:
+    try:
+        return httpx.get(f"http://{host}:{port}/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return ""
+
+
 def is_ready(url: str) -> bool:
     try:
         return httpx.get(f"{url}/readyz", timeout=3).status_code == 200
@@ -227,6 +234,9 @@ async def run(args: argparse.Namespace) -> bool:
     allowed = {"200", "503", "retried: 200", "retried: 503"}
     check(set(kill.statuses) <= allowed, f"during the kill, only 200, 503 or retried answers: {dict(kill.statuses)}")
     check(not any("hang" in k for k in kill.statuses), "no request hung")
+    # Ray's replica metrics for Prometheus: each node exports them on its metrics port (8080 here).
+    exported = [h for h in hosts if "ray_serve_" in await asyncio.to_thread(node_metrics, h)]
+    check(bool(exported), f"Ray Serve replica metrics (ray_serve_*) exported for Prometheus on {exported or 'no node'}")
 
     print(
         f"\n{'t (s)':>6s} "

@@ -36,8 +36,8 @@ class FakeModel:
         return FakeResult([r / 100 for r in rows])
 
 
-def make(model: FakeModel, *, wait: float = 0.05, capacity: int = 64) -> Batcher[float]:
-    return Batcher(model.forward, batch_size=8, max_wait_s=wait, capacity=capacity)
+def make(model: FakeModel, *, wait: float = 0.05, capacity: int = 64, workers: int = 1) -> Batcher[float]:
+    return Batcher(model.forward, batch_size=8, max_wait_s=wait, capacity=capacity, workers=workers)
 
 
 def test_rows_of_concurrent_requests_share_batches_of_at_most_eight():
@@ -283,7 +283,7 @@ def test_two_workers_run_batches_side_by_side_and_answer_rows_in_order():
     async def scenario():
         model = TwoGates()
         model.gate.clear()
-        batcher = Batcher(model.forward, batch_size=8, max_wait_s=0.0, capacity=64, workers=2)
+        batcher = make(model, wait=0.0, workers=2)
         batcher.start()
         first = batcher.submit([float(i) for i in range(8)])
         await asyncio.sleep(0.05)
@@ -308,7 +308,7 @@ def test_a_failing_forward_on_one_worker_fails_only_its_batch():
     async def scenario():
         model = TwoGates()
         model.gate.clear()
-        batcher = Batcher(model.forward, batch_size=8, max_wait_s=0.0, capacity=64, workers=2)
+        batcher = make(model, wait=0.0, workers=2)
         batcher.start()
         bad = batcher.submit([-1.0] * 8)
         await asyncio.sleep(0.05)
@@ -331,7 +331,7 @@ def test_drain_waits_for_every_workers_batch():
     async def scenario():
         model = TwoGates()
         model.gate.clear()
-        batcher = Batcher(model.forward, batch_size=8, max_wait_s=0.0, capacity=64, workers=2)
+        batcher = make(model, wait=0.0, workers=2)
         batcher.start()
         futures = batcher.submit([1.0] * 8)
         await asyncio.sleep(0.05)
