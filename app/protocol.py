@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any, ClassVar
 
 import h11
@@ -48,13 +49,10 @@ def raw_error(exc: errors.ServiceError) -> bytes:
     """A complete HTTP/1.1 error response that closes the connection, for answers outside any request cycle."""
     kind = kind_of(exc)
     body = json.dumps(error_body(exc.message, kind.error_type)).encode()
-    reason = _REASONS.get(kind.status, "Error")
+    reason = HTTPStatus(kind.status).phrase
     lines = [f"HTTP/1.1 {kind.status} {reason}", "content-type: application/json", f"content-length: {len(body)}", "connection: close"]
     lines += [f"x-error-type: {kind.error_type}"] + [f"{k.lower()}: {v}" for k, v in headers_for(exc).items()]
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
-
-
-_REASONS = {400: "Bad Request", 408: "Request Timeout", 431: "Request Header Fields Too Large", 503: "Service Unavailable"}
 
 
 def guarded_protocol(limits: ConnectionLimits, metrics: Metrics) -> type[H11Protocol]:

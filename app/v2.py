@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app.config import Settings
 from app.errors import InvalidInput, ModelNotFound
+from app.schemas import MAX_THRESHOLD, MIN_THRESHOLD
 from app.service import PredictionService
 from artifact.encoding import DECISION_THRESHOLD, LABELS, label_for, visible_pattern
 
@@ -69,7 +70,9 @@ class InferRequest(BaseModel):
     model_version: str | None = Field(None, max_length=256, description="Must match the path's version when both are given")
     inputs: list[Tensor] = Field(min_length=2, max_length=2)
     outputs: list[RequestedOutput] | None = Field(None, description=f"Subset of {', '.join(OUTPUTS)}; default all")
-    parameters: dict[str, Any] | None = Field(None, description=f"`threshold` (0.01-0.99, default {DECISION_THRESHOLD}) for `label`")
+    parameters: dict[str, Any] | None = Field(
+        None, description=f"`threshold` ({MIN_THRESHOLD}-{MAX_THRESHOLD}, default {DECISION_THRESHOLD}) for `label`"
+    )
 
 
 class OutputTensor(BaseModel):
@@ -333,8 +336,8 @@ def tensor_strings(request: InferRequest, settings: Settings, keeps_a_token: Any
 
 def requested_threshold(request: InferRequest) -> float:
     value = (request.parameters or {}).get("threshold", DECISION_THRESHOLD)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.01 <= value <= 0.99:
-        raise InvalidInput(f"parameters.threshold must be a number from 0.01 to 0.99, not {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not MIN_THRESHOLD <= value <= MAX_THRESHOLD:
+        raise InvalidInput(f"parameters.threshold must be a number from {MIN_THRESHOLD} to {MAX_THRESHOLD}, not {value!r}")
     return float(value)
 
 

@@ -232,18 +232,13 @@ def check_ops(variant: str, counts: dict[str, int], linears: tuple[int, int], li
 def check_weight_bits(variant: str, module: torch.jit.ScriptModule, bits: int) -> None:
     """Every packed int8 weight fits `bits` (symmetric): what makes a 7-bit-weight artifact exact on AVX2 kernels."""
     limit = 1 << (bits - 1)
-    for name, value in _packed_weights(module):
+    for name, value in calibration.packed_params(module):
         weight, _ = torch.ops.quantized.linear_unpack(value)
         q = weight.int_repr()
         if int(q.abs().max()) > limit:
             raise VerificationError(
                 f"weight check failed for {variant}: {name} holds int8 values up to {int(q.abs().max())}, beyond {bits} bits"
             )
-
-
-def _packed_weights(module: torch.jit.ScriptModule) -> list[tuple[str, Any]]:
-    names = [n.s("name") for n in module.graph.findAllNodes("prim::GetAttr") if calibration.PACKED_WEIGHT_PREFIX in n.s("name")]
-    return [(name, module._c.getattr(name)) for name in dict.fromkeys(names)]
 
 
 def check_parity(variant: str, parity: dict[str, Any], tolerance: float) -> None:

@@ -11,7 +11,7 @@ element is quantized by a constant, the int8 GEMM is exact, so a pair's logits n
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -96,3 +96,21 @@ def fix_activation_ranges(quantized: torch.jit.ScriptModule, ranges: Sequence[Ac
         node.destroy()
     torch._C._jit_pass_dce(graph)
     return round_trip(module)  # so no executor state from before the rewrite survives
+
+
+def packed_params(module: torch.jit.ScriptModule) -> Iterator[tuple[str, Any]]:
+    """(qualified name, LinearPackedParams) for every packed weight that a module's own graph reads off `self`."""
+    for prefix, sub in module.named_modules():
+        try:
+            graph = sub.graph
+        except (AttributeError, RuntimeError):  # a submodule without forward
+            continue
+        this = next(graph.inputs())
+        for node in graph.nodes():
+            if (
+                node.kind() == "prim::GetAttr"
+                and next(node.inputs()) is this
+                and str(node.output().type()).endswith("LinearPackedParamsBase")
+            ):
+                name = node.s("name")
+                yield (f"{prefix}.{name}" if prefix else name), sub._c.getattr(name)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ import torch
 
 from artifact.manifest import Variant, verify_artifact
 from artifact.quiet import load_module
+from model_build import calibration
 from model_build.build import op_counts
 
 
@@ -20,7 +20,7 @@ def weight_summaries(module: torch.jit.ScriptModule, layer_names: list[str] | No
     Graph-mode quantization hoists every packed weight onto the root as `_jit_pass_packed_weight_N` in execution
     order; `layer_names` (recorded by the build in the same order) gives them back their model names.
     """
-    packed = list(_packed_params(module))
+    packed = list(calibration.packed_params(module))
     if layer_names and len(layer_names) == len(packed) and all("_jit_pass_packed_weight" in n for n, _ in packed):
         packed = [(layer, value) for layer, (_, value) in zip(layer_names, packed, strict=True)]
     rows = []
@@ -43,24 +43,6 @@ def weight_summaries(module: torch.jit.ScriptModule, layer_names: list[str] | No
             }
         )
     return rows
-
-
-def _packed_params(module: torch.jit.ScriptModule) -> Iterator[tuple[str, Any]]:
-    """(qualified name, LinearPackedParams) for every packed weight that a module's own graph reads off `self`."""
-    for prefix, sub in module.named_modules():
-        try:
-            graph = sub.graph
-        except (AttributeError, RuntimeError):  # a submodule without forward
-            continue
-        this = next(graph.inputs())
-        for node in graph.nodes():
-            if (
-                node.kind() == "prim::GetAttr"
-                and next(node.inputs()) is this
-                and str(node.output().type()).endswith("LinearPackedParamsBase")
-            ):
-                name = node.s("name")
-                yield (f"{prefix}.{name}" if prefix else name), sub._c.getattr(name)
 
 
 def inspect(artifact_dir: Path) -> dict[str, Any]:
