@@ -11,7 +11,9 @@ An artifact whose widths fit that bound gives the same int32 sums, hence the sam
 from __future__ import annotations
 
 import functools
+import math
 import os
+from pathlib import Path
 
 import torch
 
@@ -87,3 +89,27 @@ def require_fixed_range_kernel(activation_bits: int, weight_bits: int) -> None:
             f"this CPU's int8 kernel (AVX2, no VNNI) saturates {activation_bits}-bit activations x {weight_bits}-bit weights; "
             "rebuild int8-calibrated with the default 7-bit weights, which run exactly on every x86-64 CPU"
         )
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup CPU quota (a container limited to 1 CPU gets 1)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = _cgroup_quota()
+    return max(1, min(cpus, math.ceil(quota))) if quota else max(1, cpus)
+
+
+def _cgroup_quota() -> float | None:
+    """cpu.max (cgroup v2) or cfs_quota_us / cfs_period_us (v1), in CPUs; None when unlimited or unknown."""
+    try:
+        fields = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if fields and fields[0] != "max":
+            return int(fields[0]) / int(fields[1])
+        return None
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        quota = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+        period = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        return quota / period if quota > 0 and period > 0 else None
+    except (OSError, ValueError):
+        return None
