@@ -106,8 +106,8 @@ def test_finetune_one_step_writes_a_checkpoint_that_build_accepts(
     )
     assert code == 0, capsys.readouterr().err
     report = json.loads((ckpt / "training.json").read_text())
-    assert report["steps"] == 1 and report["train_examples"] == 20 and report["best_epoch"] == 1
-    assert 0.0 <= report["best_dev_f1"] <= 1.0
+    assert report["steps"] == 1 and report["train_examples"] == 20 and report["recipe"]["batch_size"] == 4
+    assert 0.0 <= report["dev_f1"] <= 1.0 and report["cpu"]["cpu_model"]
     assert (ckpt / "vocab.txt").is_file() and (ckpt / "tokenizer.json").is_file()
     assert not (tmp_path / "ft.partial").exists()
     assert main(["--log-level", "ERROR", "build", "--model-dir", str(ckpt), "--out", str(tmp_path / "a"), "--variant", "int8"]) == 0
