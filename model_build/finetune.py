@@ -176,7 +176,7 @@ def train(
             losses.append(loss.item())
             step += 1
             bar.update(1)
-            bar.set_postfix(epoch=epoch, loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}")
+            bar.set_postfix(epoch=epoch, loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}", refresh=False)
         epochs.append({"epoch": epoch, "train_loss": sum(losses) / max(len(losses), 1), "steps": len(losses)})
         if after_epoch is not None:
             after_epoch(epoch)

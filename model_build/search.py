@@ -137,7 +137,7 @@ def search(
         for name, r in recipes.items():
             for seed in seeds:
                 for k, (train_ids, held_ids) in enumerate(splits):
-                    bar.set_description(f"search {name} seed {seed} fold {k + 1}/{folds}")
+                    bar.set_description(f"search {name} seed {seed} fold {k + 1}/{folds}", refresh=False)
                     run = _fold(base, data, train_ids, held_ids, r, seed=seed, bar=bar, max_steps=max_steps)
                     runs.append({"candidate": name, "seed": seed, "fold": k} | run)
                     log.info("%s seed %d fold %d: held-out F1 by epoch %s", name, seed, k + 1, [round(e["f1"], 4) for e in run["epochs"]])
