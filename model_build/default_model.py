@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+from dataclasses import asdict
 from pathlib import Path
 
 from artifact.errors import ArtifactError
@@ -13,7 +15,7 @@ from model_build.checkpoint import config_hash, read_config
 from model_build.errors import BuildError
 from model_build.finetune import FinetuneConfig, estimated_seconds, finetune
 from model_build.mrpc import load_split, split_path
-from model_build.recipes import DEFAULT_RECIPE, recipe
+from model_build.recipes import DEFAULT_RECIPE, DEFAULT_SEED, recipe
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,24 @@ def _cached(artifacts: Path, config_sha256: str | None, variants: tuple[Variant,
     return config_sha256 is None or all(m.source.config_sha256 == config_sha256 for m in manifests)
 
 
+def _retrain_reason(checkpoint: Path) -> str | None:
+    """Why the cached default checkpoint must be (re)trained, or None when it is the current recipe's.
+
+    A checkpoint of an earlier default recipe (the same config.json, other weights) would otherwise be served, and its
+    artifacts reused, forever after an upgrade.
+    """
+    if not (checkpoint / "config.json").is_file():
+        return "no default checkpoint yet"
+    try:
+        trained = json.loads((checkpoint / "training.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "the cached default checkpoint has no readable training.json"
+    wanted = json.loads(json.dumps(asdict(recipe(DEFAULT_RECIPE))))
+    if trained.get("recipe") != wanted or trained.get("seed") != DEFAULT_SEED:
+        return f"the cached default checkpoint was trained by another recipe than the default {DEFAULT_RECIPE!r}"
+    return None
+
+
 def ensure_default_artifacts(cache: Path, data_dir: Path, model_dir: Path | None = None) -> Path:
     """Return a folder holding verified fp32, int8 and int8-calibrated (plus debug, eager-int8) artifacts, building them if needed.
 
@@ -44,7 +64,8 @@ def ensure_default_artifacts(cache: Path, data_dir: Path, model_dir: Path | None
     else:
         root, name = cache / "default", DEFAULT_NAME
         checkpoint = root / "checkpoint"
-        expected = config_hash(checkpoint) if (checkpoint / "config.json").is_file() else None
+        retrain = _retrain_reason(checkpoint)
+        expected = None if retrain else config_hash(checkpoint)
     artifacts = root / "artifacts"
     calibration: Path | None = data_dir
     try:
@@ -57,13 +78,14 @@ def ensure_default_artifacts(cache: Path, data_dir: Path, model_dir: Path | None
     if expected is not None and _cached(artifacts, expected, served):
         log.info("using cached artifacts in %s", artifacts)
         return artifacts
-    if model_dir is None and not (checkpoint / "config.json").is_file():
+    if model_dir is None and retrain:
         for split in ("train", "dev"):
             split_path(data_dir, split)  # fail now, with the explanation of MRPC, not after loading a model
-        config = FinetuneConfig(recipe(DEFAULT_RECIPE))
+        config = FinetuneConfig(recipe(DEFAULT_RECIPE), DEFAULT_SEED)
         log.info(
-            "no default checkpoint yet: fine-tuning all-MiniLM-L6-v2 on MRPC train by recipe %r, about %.0f minutes here "
+            "%s: fine-tuning all-MiniLM-L6-v2 on MRPC train by recipe %r, about %.0f minutes here "
             "(the bar below shows the time left), then about 1 minute to build",
+            retrain,
             DEFAULT_RECIPE,
             estimated_seconds(len(load_split(data_dir, "train")), config) / 60,
         )

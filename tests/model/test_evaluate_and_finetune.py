@@ -148,3 +148,30 @@ def test_ensure_default_without_mrpc_explains_what_to_do(tmp_path: Path, capsys:
     err = capsys.readouterr().err
     assert code == 2
     assert "Microsoft Research Paraphrase Corpus" in err and "MRPC_DIR=" in err
+
+
+def test_ensure_default_retrains_a_checkpoint_of_an_earlier_recipe_once(
+    tiny_checkpoint: Path, mrpc_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from dataclasses import asdict
+
+    from model_build import default_model
+    from model_build.finetune import FinetuneReport
+
+    cache = tmp_path / "cache"
+    checkpoint = cache / "default" / "checkpoint"
+    shutil.copytree(tiny_checkpoint, checkpoint)
+    (checkpoint / "training.json").write_text(json.dumps({"config": {"epochs": 3}, "best_epoch": 3}))  # the pre-recipe default's
+    trained: list[str] = []
+
+    def fake_finetune(data_dir: Path, out: Path, *, config: default_model.FinetuneConfig, force: bool) -> FinetuneReport:
+        trained.append(str(out))
+        shutil.rmtree(out)
+        shutil.copytree(tiny_checkpoint, out)
+        (out / "training.json").write_text(json.dumps({"recipe": asdict(config.recipe), "seed": config.seed}))
+        return FinetuneReport("tiny", asdict(config.recipe), config.seed, 20, 20)
+
+    monkeypatch.setattr(default_model, "finetune", fake_finetune)
+    artifacts = default_model.ensure_default_artifacts(cache, mrpc_dir)
+    assert trained == [str(checkpoint)] and (artifacts / "int8-calibrated" / "manifest.json").is_file()
+    assert default_model.ensure_default_artifacts(cache, mrpc_dir) == artifacts and len(trained) == 1  # now current: reused
