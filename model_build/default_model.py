@@ -13,7 +13,7 @@ from artifact.manifest import Variant, verify_artifact
 from model_build.build import BuildOptions, build, default_variants
 from model_build.checkpoint import config_hash, read_config
 from model_build.errors import BuildError
-from model_build.finetune import FinetuneConfig, estimated_seconds, finetune
+from model_build.finetune import FinetuneConfig, estimated_seconds, finetune, steps_per_epoch
 from model_build.mrpc import load_split, split_path
 from model_build.recipes import DEFAULT_RECIPE, DEFAULT_SEED, recipe
 
@@ -82,12 +82,13 @@ def ensure_default_artifacts(cache: Path, data_dir: Path, model_dir: Path | None
         for split in ("train", "dev"):
             split_path(data_dir, split)  # fail now, with the explanation of MRPC, not after loading a model
         config = FinetuneConfig(recipe(DEFAULT_RECIPE), DEFAULT_SEED)
+        steps = steps_per_epoch(len(load_split(data_dir, "train")), config.recipe) * config.recipe.epochs
         log.info(
             "%s: fine-tuning all-MiniLM-L6-v2 on MRPC train by recipe %r, about %.0f minutes here "
             "(the bar below shows the time left), then about 1 minute to build",
             retrain,
             DEFAULT_RECIPE,
-            estimated_seconds(len(load_split(data_dir, "train")), config) / 60,
+            estimated_seconds(steps, config.threads) / 60,
         )
         report = finetune(data_dir, checkpoint, config=config, force=True)
         log.info("fine-tuned in %.0f s; dev F1 %.4f, accuracy %.4f (scored once)", report.seconds, report.dev_f1, report.dev_accuracy)

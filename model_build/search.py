@@ -32,6 +32,7 @@ from model_build.finetune import (
     EncodedSet,
     default_base_model,
     encode_pairs,
+    estimated_seconds,
     paraphrase_probabilities,
     score,
     steps_per_epoch,
@@ -129,8 +130,8 @@ def search(
         return total if max_steps is None else min(total, max_steps)
 
     total = sum(steps(r, len(tr)) for r in recipes.values() for _ in seeds for tr, _ in splits)
-    shape = (len(recipes), len(seeds), folds, len(pairs), total)
-    log.info("cross-validating %d recipes x %d seeds x %d folds of %d train pairs: %d steps", *shape)
+    shape = (len(recipes), len(seeds), folds, len(pairs), total, estimated_seconds(total, torch.get_num_threads()) / 60)
+    log.info("cross-validating %d recipes x %d seeds x %d folds of %d train pairs: %d steps, about %.0f minutes here", *shape)
     runs: list[dict[str, Any]] = []
     started = time.perf_counter()
     with progress(total=total, desc="search", unit="step") as bar:
