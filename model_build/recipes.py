@@ -60,12 +60,15 @@ RECIPES: dict[str, Recipe] = {
     # The held-out winner: train plus every pair swapped, 2 epochs (4 passes).
     "both-5e-5": Recipe(epochs=2, learning_rate=5e-5, augmentation=Augmentation.BOTH),
     "swap-5e-5-nowarmup": Recipe(epochs=3, learning_rate=5e-5, warmup_fraction=0.0, augmentation=Augmentation.SWAP),
-    "swap-3e-5-5ep": Recipe(epochs=5, learning_rate=3e-5, augmentation=Augmentation.SWAP),
+    # Every candidate's held-out F1 still rose at epoch 3; the next to try, outside the default hour.
+    "swap-5e-5-5ep": Recipe(epochs=5, learning_rate=5e-5, augmentation=Augmentation.SWAP),
 }
 SEARCH_GRID = ("plain-5e-5", "swap-5e-5", "swap-1e-4")
 
-# Chosen by `python -m model_build search` (README "Default model"); the seed is fixed beforehand, never picked on dev.
-DEFAULT_RECIPE = "plain-5e-5"
+# Chosen by `python -m model_build search` (README "Default model"): 3-fold CV F1 after epoch 3, seed 42 --
+# swap-5e-5 0.8360 +- 0.0090, swap-1e-4 0.8351 +- 0.0114, plain-5e-5 0.8325 +- 0.0082 (48.6 min on the 2-core Xeon).
+# The seed is fixed beforehand, never picked on dev.
+DEFAULT_RECIPE = "swap-5e-5"
 DEFAULT_SEED = 42
 
 
