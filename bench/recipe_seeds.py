@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import statistics
 import sys
 from dataclasses import asdict
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import transformers
 
 from artifact.kernels import cpu_description
 from model_build.finetune import FinetuneConfig, finetune
@@ -50,6 +53,8 @@ def main() -> int:
     parser.add_argument("--out-dir", type=Path, default=Path("model-cache/seeds"))
     parser.add_argument("--json", type=Path, default=Path("bench-out/recipe_seeds.json"))
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    transformers.logging.set_verbosity_error()  # not the "newly initialized classifier" report for every seed
 
     chosen = json.loads(args.search_json[0].read_text())["chosen"]
     wanted = recipe(args.recipe)
