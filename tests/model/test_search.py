@@ -158,3 +158,29 @@ def test_finetune_trains_on_train_only_and_scores_dev_once(tiny_checkpoint: Path
     assert scored == [len(dev_pairs)]  # dev: once, after training
     saved = json.loads((tmp_path / "ft" / "training.json").read_text())
     assert saved["recipe"]["augmentation"] == "swap" and saved["dev_f1"] == report.dev_f1 and saved["steps"] == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["search", "--folds", "1"], "2 <= folds"),
+        (["search", "--folds", "0"], "--folds: 0 must be at least 1"),
+        (["--threads", "0", "search"], "--threads: 0 must be at least 1"),
+        (["finetune", "--epochs", "-1"], "--epochs: -1 must be at least 1"),
+        (["finetune", "--lr", "0"], "positive learning rate"),
+    ],
+)
+def test_bad_training_settings_are_one_line_errors(
+    args: list[str], message: str, tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    data = tmp_path / "mrpc"
+    write_split(data, "train", synthetic_pairs(30))
+    write_split(data, "dev", synthetic_pairs(6, seed=2))
+    where = ["--data-dir", str(data), "--base-model", str(tiny_checkpoint)]
+    where += ["--json", str(tmp_path / "s.json")] if "search" in args else ["--out", str(tmp_path / "ft")]
+    try:
+        code = main(["--log-level", "ERROR", *args, *where])
+    except SystemExit as exc:  # argparse rejects a malformed number itself
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err, err
