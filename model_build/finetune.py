@@ -225,7 +225,8 @@ def finetune(
     if cfg.max_steps is not None:
         total = min(total, cfg.max_steps)
     report = FinetuneReport(str(base), asdict(cfg.recipe), cfg.seed, len(train_pairs), len(dev_pairs), cpu=cpu_description())
-    log.info("fine-tuning %d steps (%d pairs, recipe %s, %d threads)", total, len(train_pairs), cfg.recipe, cfg.threads)
+    shape = (total, len(train_pairs), cfg.threads, cfg.seed, json.dumps(report.recipe))
+    log.info("fine-tuning %d steps (%d pairs, %d threads, seed %d): %s", *shape)
     started = time.perf_counter()
     with progress(total=total, desc="finetune", unit="step") as bar:
         report.epochs = train(model, data, cfg.recipe, seed=cfg.seed, bar=bar, max_steps=cfg.max_steps)
