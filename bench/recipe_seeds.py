@@ -25,8 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import transformers
 
 from artifact.kernels import cpu_description
-from model_build.finetune import FinetuneConfig, finetune
+from model_build.finetune import FinetuneConfig, finetune, trained_with
 from model_build.recipes import DEFAULT_RECIPE, DEFAULT_SEED, recipe
+from model_build.search import mean_std
 
 
 def cv_by_seed(search_files: list[Path], candidate: str, epoch: int) -> dict[int, list[float]]:
@@ -40,8 +41,9 @@ def cv_by_seed(search_files: list[Path], candidate: str, epoch: int) -> dict[int
     return folds
 
 
-def mean_std(values: list[float]) -> str:
-    return f"{statistics.fmean(values):.4f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.4f}"
+def mean_std_text(values: list[float]) -> str:
+    figures = mean_std(values)
+    return f"{figures['mean']:.4f} ± {figures['std']:.4f}"
 
 
 def main() -> int:
@@ -58,17 +60,16 @@ def main() -> int:
 
     chosen = json.loads(args.search_json[0].read_text())["chosen"]
     wanted = recipe(args.recipe)
-    if chosen["recipe"] != json.loads(json.dumps(asdict(wanted))):
+    if chosen["recipe"] != asdict(wanted):  # Augmentation is a StrEnum: equal to the JSON's string
         print(f"note: {args.recipe} is not the recipe {args.search_json[0]} chose ({chosen['recipe']})", file=sys.stderr)
     seeds = args.seed or [DEFAULT_SEED, 43, 44]
     folds = cv_by_seed(args.search_json, chosen["candidate"], chosen["epoch"])
     rows: list[dict[str, Any]] = []
     for seed in seeds:
         out = args.out_dir / f"{args.recipe}-seed-{seed}"
-        report_path = out / "training.json"
-        if not (report_path.is_file() and json.loads(report_path.read_text())["recipe"] == json.loads(json.dumps(asdict(wanted)))):
+        if not trained_with(out, wanted, seed):
             finetune(args.data_dir, out, config=FinetuneConfig(wanted, seed), force=True)
-        report = json.loads(report_path.read_text())
+        report = json.loads((out / "training.json").read_text())
         cv = folds.get(seed)
         rows.append(
             {
@@ -88,9 +89,9 @@ def main() -> int:
         print(f"{r['seed']:>6d} {cv_text:>18s} {r['dev_f1']:8.4f} {r['dev_accuracy']:8.4f} {r['train_seconds']:8.0f}")
     cv_values = [r["cv_f1"] for r in rows if r["cv_f1"] is not None]
     summary = {
-        "cv_f1": mean_std(cv_values) if cv_values else None,
-        "dev_f1": mean_std([r["dev_f1"] for r in rows]),
-        "dev_accuracy": mean_std([r["dev_accuracy"] for r in rows]),
+        "cv_f1": mean_std_text(cv_values) if cv_values else None,
+        "dev_f1": mean_std_text([r["dev_f1"] for r in rows]),
+        "dev_accuracy": mean_std_text([r["dev_accuracy"] for r in rows]),
     }
     print(f"{'mean ± std':>6s} {summary['cv_f1'] or '—':>18s}  dev F1 {summary['dev_f1']}, accuracy {summary['dev_accuracy']}")
     args.json.parent.mkdir(parents=True, exist_ok=True)

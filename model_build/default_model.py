@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-from dataclasses import asdict
 from pathlib import Path
 
 from artifact.errors import ArtifactError
@@ -13,7 +11,7 @@ from artifact.manifest import Variant, verify_artifact
 from model_build.build import BuildOptions, build, default_variants
 from model_build.checkpoint import config_hash, read_config
 from model_build.errors import BuildError
-from model_build.finetune import FinetuneConfig, estimated_seconds, finetune, steps_per_epoch
+from model_build.finetune import FinetuneConfig, estimated_seconds, finetune, trained_with, training_steps
 from model_build.mrpc import load_split, split_path
 from model_build.recipes import DEFAULT_RECIPE, DEFAULT_SEED, recipe
 
@@ -41,13 +39,8 @@ def _retrain_reason(checkpoint: Path) -> str | None:
     """
     if not (checkpoint / "config.json").is_file():
         return "no default checkpoint yet"
-    try:
-        trained = json.loads((checkpoint / "training.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return "the cached default checkpoint has no readable training.json"
-    wanted = json.loads(json.dumps(asdict(recipe(DEFAULT_RECIPE))))
-    if trained.get("recipe") != wanted or trained.get("seed") != DEFAULT_SEED:
-        return f"the cached default checkpoint was trained by another recipe than the default {DEFAULT_RECIPE!r}"
+    if not trained_with(checkpoint, recipe(DEFAULT_RECIPE), DEFAULT_SEED):
+        return f"the cached default checkpoint was not trained by the default recipe {DEFAULT_RECIPE!r} (seed {DEFAULT_SEED})"
     return None
 
 
@@ -82,7 +75,7 @@ def ensure_default_artifacts(cache: Path, data_dir: Path, model_dir: Path | None
         for split in ("train", "dev"):
             split_path(data_dir, split)  # fail now, with the explanation of MRPC, not after loading a model
         config = FinetuneConfig(recipe(DEFAULT_RECIPE), DEFAULT_SEED)
-        steps = steps_per_epoch(len(load_split(data_dir, "train")), config.recipe) * config.recipe.epochs
+        steps = training_steps(len(load_split(data_dir, "train")), config.recipe)
         log.info(
             "%s: fine-tuning all-MiniLM-L6-v2 on MRPC train by recipe %r, about %.0f minutes here "
             "(the bar below shows the time left), then about 1 minute to build",

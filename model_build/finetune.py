@@ -103,6 +103,22 @@ def steps_per_epoch(examples: int, recipe: Recipe) -> int:
     return math.ceil(examples * recipe.passes_per_epoch / recipe.batch_size)
 
 
+def training_steps(examples: int, recipe: Recipe, max_steps: int | None = None) -> int:
+    """Optimizer steps `train` takes on `examples` pairs: the recipe's epochs, cut at `max_steps` if given."""
+    total = steps_per_epoch(examples, recipe) * recipe.epochs
+    return total if max_steps is None else min(total, max_steps)
+
+
+def trained_with(checkpoint: Path, recipe: Recipe, seed: int) -> bool:
+    """Whether a checkpoint's training.json records this recipe and seed, so the cached weights are its."""
+    try:
+        trained = json.loads((checkpoint / "training.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    # asdict keeps the Augmentation member, a StrEnum equal to the string the JSON holds.
+    return trained.get("recipe") == asdict(recipe) and trained.get("seed") == seed
+
+
 # Measured: a 16-pair step takes ~0.65 s on the 2-core Xeon with 2 threads (~25 pairs/s; 0.5-0.7 s as the host's load
 # varies). Only for the up-front estimate; the progress bar shows the real remaining time.
 SECONDS_PER_STEP_2_CORES = 0.65
@@ -142,9 +158,8 @@ def train(
     from transformers import get_linear_schedule_with_warmup
 
     rng = random.Random(seed)
-    per_epoch = steps_per_epoch(len(data.rows), recipe)
-    total = per_epoch * recipe.epochs if max_steps is None else min(max_steps, per_epoch * recipe.epochs)
-    schedule = per_epoch * (recipe.schedule_epochs or recipe.epochs)
+    total = training_steps(len(data.rows), recipe, max_steps)
+    schedule = steps_per_epoch(len(data.rows), recipe) * (recipe.schedule_epochs or recipe.epochs)
     no_decay = ("bias", "LayerNorm.weight")
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     groups = [
@@ -221,9 +236,7 @@ def finetune(
     ckpt = load_base(base, attn_implementation=TRAIN_ATTENTION)
     model, tokenizer = ckpt.model, ckpt.tokenizer
     data = encode_pairs(tokenizer, train_pairs, cfg.max_length)
-    total = steps_per_epoch(len(train_pairs), cfg.recipe) * cfg.recipe.epochs
-    if cfg.max_steps is not None:
-        total = min(total, cfg.max_steps)
+    total = training_steps(len(train_pairs), cfg.recipe, cfg.max_steps)
     report = FinetuneReport(str(base), asdict(cfg.recipe), cfg.seed, len(train_pairs), len(dev_pairs), cpu=cpu_description())
     shape = (total, len(train_pairs), cfg.threads, cfg.seed, json.dumps(report.recipe))
     log.info("fine-tuning %d steps (%d pairs, %d threads, seed %d): %s", *shape)

@@ -35,8 +35,8 @@ from model_build.finetune import (
     estimated_seconds,
     paraphrase_probabilities,
     score,
-    steps_per_epoch,
     train,
+    training_steps,
 )
 from model_build.mrpc import Pair, load_split
 from model_build.progress import progress
@@ -92,7 +92,7 @@ def stratified_group_folds(pairs: Sequence[Pair], k: int, seed: int = FOLD_SEED)
     return fold_of
 
 
-def _mean_std(values: Sequence[float]) -> dict[str, float]:
+def mean_std(values: Sequence[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
 
 
@@ -125,11 +125,7 @@ def search(
     data = encode_pairs(tokenizer, pairs, max_length)
     splits = [([i for i, f in enumerate(fold_of) if f != k], [i for i, f in enumerate(fold_of) if f == k]) for k in range(folds)]
 
-    def steps(r: Recipe, n: int) -> int:
-        total = steps_per_epoch(n, r) * r.epochs
-        return total if max_steps is None else min(total, max_steps)
-
-    total = sum(steps(r, len(tr)) for r in recipes.values() for _ in seeds for tr, _ in splits)
+    total = sum(training_steps(len(tr), r, max_steps) for r in recipes.values() for _ in seeds for tr, _ in splits)
     shape = (len(recipes), len(seeds), folds, len(pairs), total, estimated_seconds(total, torch.get_num_threads()) / 60)
     log.info("cross-validating %d recipes x %d seeds x %d folds of %d train pairs: %d steps, about %.0f minutes here", *shape)
     runs: list[dict[str, Any]] = []
@@ -187,14 +183,14 @@ def _summarise(
             rows = [e for run in own for e in run["epochs"] if e["epoch"] == epoch]
             if len(rows) != len(own):  # a max_steps run that stopped early
                 continue
-            by_epoch[epoch] = {"f1": _mean_std([e["f1"] for e in rows]), "accuracy": _mean_std([e["accuracy"] for e in rows])}
+            by_epoch[epoch] = {"f1": mean_std([e["f1"] for e in rows]), "accuracy": mean_std([e["accuracy"] for e in rows])}
             if best is None or by_epoch[epoch]["f1"]["mean"] > best[0]:
                 best = (by_epoch[epoch]["f1"]["mean"], name, epoch)
         last = [run["epochs"][-1] for run in own if "f1_both_orders" in run["epochs"][-1]]
         summary[name] = {
             "recipe": asdict(r),
             "by_epoch": by_epoch,
-            "both_orders_last_epoch": _mean_std([e["f1_both_orders"] for e in last]) if last else None,
+            "both_orders_last_epoch": mean_std([e["f1_both_orders"] for e in last]) if last else None,
             "seconds": sum(run["seconds"] for run in own),
         }
     if best is None:

@@ -491,8 +491,9 @@ async def hostile_clients(url: str, quick: bool, report: Report) -> None:
     # Long texts are legitimate, admitted work (2,000 characters is within the limits): an ordinary request waits
     # for what was admitted ahead of it, no more. That is the three attackers' pairs (at most the queue capacity) in
     # full 128-token batches shared by the workers, plus their tokenization, plus its own batch; x1.5 and +1 s slack.
-    capacity = scrape(url).get(("paraserve_queue_capacity_pairs", ()), 256)
-    workers = scrape(url).get(("paraserve_workers", ()), 1) or 1
+    gauges = scrape(url)
+    capacity = gauges.get(("paraserve_queue_capacity_pairs", ()), 256)
+    workers = gauges.get(("paraserve_workers", ()), 1) or 1
     ahead = min(capacity, 3 * long_pairs)
     long_bound = (math.ceil(ahead / 8) / workers + 2) * rows[0].batch_s * 1.5 + 3 * long_pairs * TOKENIZE_LONG_PAIR_S + 1.0
     long_p99 = rows[0].ordinary[1]
