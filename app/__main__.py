@@ -1,4 +1,5 @@
-"""`python -m app`: bind, verify and load the artifact, then serve it with uvicorn; exit non-zero on a fatal error."""
+"""`python -m app`: bind, load the artifact (app.start, as every launcher does), serve it with uvicorn and the connection
+guards of app.protocol; exit non-zero on a fatal error."""
 
 from __future__ import annotations
 
@@ -18,30 +19,31 @@ from pydantic import ValidationError
 
 from app.config import Settings
 from app.logs import configure_logging
-from app.main import create_app, runtime_options
-from app.protocol import ConnectionLimits, guarded_protocol
+from app.main import create_app
+from app.protocol import ConnectionLimits, DrainingServer, guarded_protocol
 from app.service import PredictionService, State
+from app.start import open_runtime
 from artifact.errors import UserError
-from artifact.runtime import Runtime, choose_artifact
 
 log = logging.getLogger("app")
 
 
-class DrainingServer(uvicorn.Server):
-    """uvicorn, but /readyz turns 503 the moment a stop signal arrives, while accepted requests still finish.
+class SignalledServer(DrainingServer):
+    """/readyz turns 503 the moment a stop signal arrives, while accepted requests still finish.
 
     SIGTERM, SIGINT and SIGHUP (a closed terminal, a supervisor's reload) all drain; none kills accepted requests.
     """
 
-    def __init__(self, config: uvicorn.Config, service: PredictionService) -> None:
-        super().__init__(config)
+    def __init__(self, config: uvicorn.Config, listeners: list[socket.socket], service: PredictionService) -> None:
+        super().__init__(config, listeners)
         self._service = service
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         self._service.begin_shutdown()
         super().handle_exit(signal.SIGTERM if sig == signal.SIGHUP else sig, frame)
         # uvicorn re-raises captured signals after shutting down, which would end the process "killed by SIGTERM"
-        # (or -2 for SIGINT); a completed graceful drain is a clean exit (0), so none is re-raised.
+        # (or -2 for SIGINT); a completed graceful drain is a clean exit (0), so none is re-raised. A private field
+        # of uvicorn's: the pinned range is checked by tests/api/test_uvicorn_contract.py.
         self._captured_signals = []
 
     @contextlib.contextmanager
@@ -106,11 +108,9 @@ def main() -> int:
     try:
         # Before uvicorn starts, so a bad artifact or a busy port is one clear line and exit 2; the port is bound
         # before the model is loaded and warmed up, so a busy one fails in a second.
-        choice = choose_artifact(settings.artifact_dir)
         sock = bind(settings.host, settings.port)
         raise_fd_limit(settings.max_connections)
-        log.info("serving %s: %s", choice.folder, choice.reason)
-        runtime = Runtime.load(choice.folder, **runtime_options(settings))
+        runtime = open_runtime(settings)
     except UserError as exc:
         log.critical("cannot start: %s", exc)
         return 2
@@ -126,7 +126,7 @@ def main() -> int:
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
         lifespan="on",
     )
-    server = DrainingServer(config, service)
+    server = SignalledServer(config, [sock], service)
     server.run(sockets=[sock])
     if service.state is State.DEAD or service.drained is False:
         return 1  # the worker died, or accepted work was still queued when the grace period ended

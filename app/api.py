@@ -1,19 +1,18 @@
-"""Thin HTTP routes over the PredictionService.
+"""paraserve's own HTTP API: POST /predict, the probes, GET /model and /metrics; a thin translator over the core.
 
-Dependencies are `async def`: FastAPI runs plain `def` ones in a thread pool, a thread hop per request.
+/predict's body is parsed by its pydantic schema (structure: types and field names, 422); the limits, the
+threshold and scoring are the core's (`PredictionService.score`), shared with every other protocol.
 
 No `from __future__ import annotations` here: FastAPI must see the per-deployment request type itself.
 """
 
-import hmac
-from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.config import Settings
-from app.errors import Unauthorized
+from app.edge import ServiceDep, api_key_guard, client_of, disconnect_of, timing_headers
 from app.schemas import (
     ClassValues,
     ErrorResponse,
@@ -26,7 +25,6 @@ from app.schemas import (
     request_model,
 )
 from app.service import PredictionService
-from artifact.encoding import label_for
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
@@ -41,31 +39,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         503: "Not ready, or shutting down",
     }.items()
 }
-
-
-async def get_service(request: Request) -> PredictionService:
-    """The running service; NotReady or ShuttingDown (503) unless it is ready."""
-    service: PredictionService = request.app.state.service
-    service.require_ready()
-    return service
-
-
-ServiceDep = Annotated[PredictionService, Depends(get_service)]
-
-
-def api_key_guard(settings: Settings) -> Callable[[Request], Awaitable[None]]:
-    """The dependency that enforces PARASERVE_API_KEY (a no-op without one), for /predict and the v2 routes alike."""
-    api_key = settings.api_key.get_secret_value().encode() if settings.api_key else None
-
-    async def require_key(request: Request) -> None:
-        if api_key is None:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key):
-            raise Unauthorized("missing or invalid API key: send Authorization: Bearer <key>")
-
-    return require_key
 
 
 def build_router(settings: Settings) -> APIRouter:
@@ -84,25 +57,27 @@ def build_router(settings: Settings) -> APIRouter:
     )
     async def predict(body: PredictRequest, request: Request, response: Response, service: ServiceDep) -> PredictResponse:  # type: ignore[valid-type]
         assert isinstance(body, PredictRequestBase)
-        pairs = [(p.sentence1, p.sentence2) for p in body.pairs]  # type: ignore[attr-defined]
-        outcome = await service.predict(pairs, disconnected=lambda: _wait_for_disconnect(request))
-        _timing_headers(response, outcome.queue_seconds, outcome.inference_seconds)
-        runtime = service.runtime
-        threshold, want_logits = body.threshold, body.return_logits  # type: ignore[attr-defined]
+        scored = await service.score(
+            [(p.sentence1, p.sentence2) for p in body.pairs],  # type: ignore[attr-defined]
+            threshold=body.threshold,  # type: ignore[attr-defined]
+            client=client_of(request, settings.client_id_header),
+            gone=disconnect_of(request),
+        )
+        timing_headers(response, scored)
+        want_logits = body.return_logits  # type: ignore[attr-defined]
         predictions = [
             Prediction(
-                label=label_for(score, threshold),  # type: ignore[arg-type]
-                score=score,
-                probabilities=ClassValues(not_paraphrase=1.0 - score, paraphrase=score),
-                logits=ClassValues(not_paraphrase=logits[0], paraphrase=logits[1]) if want_logits and logits else None,
-                tokens=tokens,
-                truncated=truncated,
+                label=r.label,  # type: ignore[arg-type]
+                score=r.score,
+                probabilities=ClassValues(not_paraphrase=r.probabilities[0], paraphrase=r.probabilities[1]),
+                logits=ClassValues(not_paraphrase=r.logits[0], paraphrase=r.logits[1]) if want_logits and r.logits else None,
+                tokens=r.tokens,
+                truncated=r.truncated,
             )
-            for score, logits, tokens, truncated in zip(outcome.scores, outcome.logits, outcome.tokens, outcome.truncated, strict=True)
+            for r in scored.results
         ]
-        for p in predictions:
-            service.metrics.predictions.labels(label=p.label).inc()
-        return PredictResponse(predictions=predictions, model=ModelRef(name=runtime.name, variant=runtime.variant, sha256=runtime.sha256))
+        model = scored.model
+        return PredictResponse(predictions=predictions, model=ModelRef(name=model.name, variant=model.variant, sha256=model.sha256))
 
     @router.get("/healthz", summary="The process is alive")
     async def healthz() -> Status:
@@ -118,6 +93,7 @@ def build_router(settings: Settings) -> APIRouter:
 
     @router.get("/model", dependencies=protected, responses=ERRORS, summary="The loaded artifact and effective settings")
     async def model(service: ServiceDep) -> ModelInfo:
+        service.require_ready()
         rt = service.runtime
         manifest = rt.manifest.to_json()
         manifest["source"].pop("checkpoint", None)  # a folder name on the build host: nothing a client needs
@@ -145,18 +121,3 @@ def build_router(settings: Settings) -> APIRouter:
     for route in [r for r in router.routes if getattr(r, "path", "") in ("/healthz", "/readyz", "/metrics")]:
         router.add_api_route(route.path, route.endpoint, methods=["HEAD"], include_in_schema=False, dependencies=route.dependencies)  # type: ignore[attr-defined]
     return router
-
-
-async def _wait_for_disconnect(request: Request) -> None:
-    # The body is already read, so the next ASGI message is http.disconnect (or nothing until we answer).
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
-
-
-def _timing_headers(response: Response, queue_s: float, inference_s: float) -> None:
-    # Milliseconds, as text-embeddings-inference names them, plus the standard Server-Timing.
-    response.headers["x-queue-time"] = f"{queue_s * 1000:.1f}"
-    response.headers["x-inference-time"] = f"{inference_s * 1000:.1f}"
-    response.headers["server-timing"] = f"queue;dur={queue_s * 1000:.1f}, inference;dur={inference_s * 1000:.1f}"

@@ -7,6 +7,12 @@ hands the batch to that worker's thread and goes back for the next one while it 
 run side by side, each on its own thread, all reading the one copy of the weights. A lone request on an idle service
 starts at once. Cancelled rows (the client went away) leave the queue immediately; an exception in a forward fails
 exactly that batch's rows.
+
+Admission is fair between clients (`client`: a peer address, or what a trusted proxy names): a client's share is
+the capacity divided by the clients active now (holding rows, or seen in the last second). A client within its
+share may fill the whole queue; one over it is admitted only while `reserve` pairs stay free. So a few clients of
+big requests cannot keep the queue full: the last `reserve` pairs are always there for the others. Measured
+(scripts/reliability.py, "queue fairness"): MEASURE-ME.
 """
 
 from __future__ import annotations
@@ -21,11 +27,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
-from app.errors import InferenceFailed, Overloaded, ShuttingDown
+from app.errors import InferenceFailed, NotReady, Overloaded, ShuttingDown
 
 log = logging.getLogger(__name__)
 
 RowT = TypeVar("RowT")
+ACTIVE_WINDOW_S = 1.0  # a client seen this recently counts as active, even between its requests
 
 
 class ForwardResult(Protocol):
@@ -49,6 +56,7 @@ class RowResult:
 class _Row(Generic[RowT]):
     item: RowT
     future: asyncio.Future[RowResult]
+    client: str = ""
     queued_at: float = field(default_factory=time.perf_counter)
 
 
@@ -70,14 +78,20 @@ class Batcher(Generic[RowT]):
         on_depth: Callable[[int], None] | None = None,
         group_key: Callable[[RowT], int] | None = None,
         workers: int = 1,
+        reserve: int = 0,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, not {workers}")
+        if not 0 <= reserve < capacity:
+            raise ValueError(f"reserve must be from 0 to capacity - 1 ({capacity - 1}), not {reserve}")
         self._forward = forward
         self.workers = workers
         self.batch_size = batch_size
         self.max_wait_s = max_wait_s
         self.capacity = capacity
+        self.reserve = reserve
+        self._held: dict[str, int] = {}  # rows queued or being tokenized, per client
+        self._seen: dict[str, float] = {}  # when each client last asked for room
         self._on_batch = on_batch
         self._on_depth = on_depth
         self._group_key = group_key
@@ -147,7 +161,7 @@ class Batcher(Generic[RowT]):
     # ---- submission -----------------------------------------------------------------------------------
 
     @contextmanager
-    def incoming(self, rows: int = 0) -> Iterator[None]:
+    def incoming(self, rows: int = 0, client: str = "") -> Iterator[None]:
         """Announce a request of `rows` pairs on its way in (being tokenized), on the event loop, and hold room for it.
 
         Admission happens here, before tokenization: rows waiting to be tokenized count against the capacity like
@@ -156,42 +170,73 @@ class Batcher(Generic[RowT]):
         request ends. A partial batch waits (up to max_wait from its first row) only while some request is on its
         way: waiting when none is cannot fill the batch, it only adds max_wait to an idle request's latency.
         """
-        self._admit(rows, reserved=0)
+        self._admit(rows, reserved=0, client=client)
         self._reserved += rows
+        self._hold(client, rows)
         self._incoming += 1
         try:
             yield
         finally:
             self._reserved -= rows
+            self._release(client, rows)
             self._incoming -= 1
             self._wakeup.set()
 
-    def _admit(self, rows: int, *, reserved: int) -> None:
+    def _admit(self, rows: int, *, reserved: int, client: str) -> None:
         if self._closing:
             raise ShuttingDown("the service is shutting down")
         if self.failure is not None or not self.alive:
-            raise InferenceFailed("the model worker is not running")
-        if len(self._queue) + self._reserved - reserved + rows > self.capacity:
-            waiting = len(self._queue) + self._reserved - reserved
+            raise NotReady("the model worker is not running")
+        waiting = len(self._queue) + self._reserved - reserved
+        if waiting + rows > self.capacity:
             raise Overloaded(
                 f"queue full ({waiting} of {self.capacity} pairs waiting or being tokenized); retry shortly", retry_after_s=1.0
             )
+        now = time.monotonic()
+        self._seen[client] = now
+        if waiting + rows <= self.capacity - self.reserve:
+            return
+        held = self._held.get(client, 0) - reserved
+        share = self.capacity // max(1, self._active_clients(now))
+        if held + rows > max(1, share):
+            raise Overloaded(
+                f"queue nearly full ({waiting} of {self.capacity} pairs) and this client would hold {held + rows}, over its share "
+                f"of {share}; retry shortly",
+                retry_after_s=1.0,
+            )
+
+    def _active_clients(self, now: float) -> int:
+        """Clients holding rows or seen within ACTIVE_WINDOW_S (forgets the others, so the dict stays small)."""
+        for client in [c for c, t in self._seen.items() if now - t > ACTIVE_WINDOW_S and c not in self._held]:
+            del self._seen[client]
+        return len(self._seen.keys() | self._held.keys())
+
+    def _hold(self, client: str, rows: int) -> None:
+        self._held[client] = self._held.get(client, 0) + rows
+
+    def _release(self, client: str, rows: int) -> None:
+        left = self._held.get(client, 0) - rows
+        if left > 0:
+            self._held[client] = left
+        else:
+            self._held.pop(client, None)
 
     @property
     def reserved(self) -> int:
         """Rows admitted and being tokenized, not yet queued."""
         return self._reserved
 
-    def submit(self, items: Sequence[RowT], *, reserved: int = 0) -> list[asyncio.Future[RowResult]]:
+    def submit(self, items: Sequence[RowT], *, reserved: int = 0, client: str = "") -> list[asyncio.Future[RowResult]]:
         """Queue all of a request's rows, or none: Overloaded when they do not fit.
 
         `reserved`: rows of this request already admitted by `incoming` (their room is taken over, not counted twice).
         """
-        self._admit(len(items), reserved=min(reserved, self._reserved))
+        self._admit(len(items), reserved=min(reserved, self._reserved), client=client)
         loop = asyncio.get_running_loop()
         futures = []
+        self._hold(client, len(items))
         for item in items:
-            row = _Row(item, loop.create_future())
+            row = _Row(item, loop.create_future(), client)
             row.future.add_done_callback(lambda f, row=row: self._forget_cancelled(f, row))
             self._queue.append(row)
             futures.append(row.future)
@@ -206,6 +251,7 @@ class Batcher(Generic[RowT]):
                 self._queue.remove(row)
             except ValueError:
                 return  # already taken into a batch
+            self._release(row.client, 1)
             self._depth_changed()
 
     def _depth_changed(self) -> None:
@@ -215,6 +261,7 @@ class Batcher(Generic[RowT]):
     def _fail_all(self, error: Exception) -> None:
         while self._queue:
             row = self._queue.popleft()
+            self._release(row.client, 1)
             if not row.future.done():
                 row.future.set_exception(error)
         self._depth_changed()
@@ -243,6 +290,8 @@ class Batcher(Generic[RowT]):
                 except TimeoutError:
                     break
             batch = self._take_batch()
+            for row in batch:
+                self._release(row.client, 1)
             self._depth_changed()
             if not batch:
                 continue

@@ -36,6 +36,19 @@ class Settings(BaseSettings):
         description="Pairs that may wait for the model. Beyond it requests get 429 at once; larger values absorb "
         "bursts but let queueing latency grow to capacity / 8 batch times.",
     )
+    queue_reserve: float = Field(
+        0.25,
+        ge=0,
+        lt=1,
+        description="Fraction of the queue kept for clients within their share (capacity / active clients): a client over "
+        "its share is admitted only while this much stays free, so a few clients of big requests cannot keep the queue "
+        "full for everyone else. 0 turns fair admission off (first come, first served).",
+    )
+    client_id_header: str | None = Field(
+        None,
+        description="Header naming the client for fair admission, set by a trusted proxy in front (e.g. x-real-ip); "
+        "unset: the peer address. Behind a proxy every client shares the proxy's address unless this is set.",
+    )
     max_pairs_per_request: int = Field(64, ge=1, le=4096, description="Pairs one request may carry (422 beyond).")
     max_sentence_chars: int = Field(
         2000, ge=1, description="Characters per sentence (422 beyond); the model reads at most 128 tokens per pair anyway."
@@ -63,17 +76,40 @@ class Settings(BaseSettings):
     max_connections: int = Field(
         1000, ge=1, description="Open connections at once; beyond it a new one gets 503 and is closed (the fd limit is raised to fit)."
     )
+    max_connections_per_client: int = Field(
+        250,
+        ge=1,
+        description="Open connections from one peer address; beyond it its new ones get 503 and are closed, so one address "
+        "cannot take every slot. Behind a proxy all clients share its address: raise this to max_connections there.",
+    )
     header_timeout_s: float = Field(
         10.0,
         gt=0,
         description="Time for a connection's request headers to arrive complete (from connect, or the next request's first byte).",
     )
-    body_timeout_s: float = Field(10.0, gt=0, description="Longest pause between request body bytes (408 beyond).")
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="Time for a request body to arrive complete, from the end of its headers (408 beyond)."
+    )
+    min_body_rate: float = Field(
+        240.0,
+        ge=0,
+        description="Bytes per second a request body must average once body_rate_grace_s has passed (408 below; 0: off). "
+        "Kestrel's default: a body dripped a byte at a time is cut after the grace period, not after body_timeout_s.",
+    )
+    body_rate_grace_s: float = Field(5.0, ge=0, description="Time a body may take before min_body_rate applies.")
+    max_body_chunks: int = Field(
+        4096,
+        ge=1,
+        description="Chunks a chunked request body may have (400 beyond). Each chunk costs the server a parse however few "
+        "bytes it holds: 900,000 one-byte chunks stalled the event loop 5.7 s. 1 MiB in 256-byte chunks fits.",
+    )
     send_timeout_s: float = Field(30.0, gt=0, description="How long a client may leave its responses unread before it is disconnected.")
     keep_alive_s: float = Field(5.0, gt=0, description="Idle time after a response before a keep-alive connection is closed.")
     max_header_bytes: int = Field(16_384, ge=1024, description="Request line plus headers (431 beyond).")
     max_pipelined: int = Field(16, ge=1, description="Requests a client may pipeline behind one another before 503 and close.")
-    api_key: SecretStr | None = Field(None, description="If set, /predict and /model require `Authorization: Bearer <key>`.")
+    api_key: SecretStr | None = Field(
+        None, description="If set, /predict, /model and the v2 model routes require `Authorization: Bearer <key>`."
+    )
     protect_metrics: bool = Field(False, description="With api_key set, also require it on /metrics (health stays open).")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     json_logs: bool = Field(False, description="One JSON object per log line (for log shippers).")

@@ -19,6 +19,19 @@ class ValidationFailed(ServiceError):
     """The body parsed but does not match the schema or its limits."""
 
 
+class InvalidPair(ValidationFailed):
+    """One sentence of one pair breaks a limit: which pair (0-based), which sentence (0 or 1), and what.
+
+    Each protocol names the place in its own terms (`pairs.0.sentence1`, `input text_a[0]`); the problem is the same.
+    """
+
+    def __init__(self, index: int, position: int, problem: str) -> None:
+        super().__init__(f"pair {index}, sentence {position + 1}: {problem}")
+        self.index = index
+        self.position = position
+        self.problem = problem
+
+
 class InvalidJSON(ServiceError):
     """The body is not JSON."""
 

@@ -1,24 +1,29 @@
 """The HTTP edge of the error hierarchy: one table from domain error to status and `error_type`, one renderer.
 
 Routes (through FastAPI's exception handlers) and the pure ASGI middleware (through `send_error`) both answer with
-`{"error": ..., "error_type": ...}` from this table; nothing else in the service names a status code.
+`{"error": ..., "error_type": ...}` from this table; nothing else in the service names a status code. A protocol
+with other conventions (Open Inference Protocol v2: 400 for every invalid request, tensors instead of pairs) is a
+`Dialect`: its own statuses where they differ and its own name for the place of a bad pair, chosen by path prefix.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import errors
+from app.logs import ExceptionLog
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +55,6 @@ KINDS: dict[type[errors.ServiceError], HttpKind] = {
     errors.TooManyConnections: HttpKind(503, "too_many_connections"),
 }
 INTERNAL = HttpKind(500, "internal")
-NO_TOKENS = "has no character the tokenizer keeps (only whitespace, control, zero-width or combining characters)"
 # Framework-raised statuses, as domain errors.
 BY_STATUS: dict[int, type[errors.ServiceError]] = {
     400: errors.BadRequest,
@@ -60,16 +64,43 @@ BY_STATUS: dict[int, type[errors.ServiceError]] = {
 }
 
 
+@dataclass(frozen=True)
+class Dialect:
+    """How one HTTP protocol renders the core's domain errors: the statuses where it differs from paraserve's own
+    table, and its name for the place of a bad pair (`pairs.0.sentence1`, `input text_a[0]`)."""
+
+    prefix: str
+    locate: Callable[[errors.InvalidPair], str]
+    overrides: Mapping[type[errors.ServiceError], HttpKind] = field(default_factory=dict)
+
+    def kind(self, exc: errors.ServiceError) -> HttpKind:
+        """The status and error_type of a domain error (its nearest listed class)."""
+        for cls in type(exc).__mro__:
+            if cls in self.overrides:
+                return self.overrides[cls]  # type: ignore[index]
+            if cls in KINDS:
+                return KINDS[cls]  # type: ignore[index]
+        return INTERNAL
+
+    def message(self, exc: errors.ServiceError) -> str:
+        """The error's text, with a bad pair's place named in this protocol's terms."""
+        if isinstance(exc, errors.InvalidPair):
+            return f"{self.locate(exc)}: {exc.problem}"
+        return exc.message
+
+
+PARASERVE = Dialect("", lambda e: f"pairs.{e.index}.sentence{e.position + 1}")
+
+
 def kind_of(exc: errors.ServiceError) -> HttpKind:
-    """The status and error_type of a domain error (its nearest listed class)."""
-    for cls in type(exc).__mro__:
-        if cls in KINDS:
-            return KINDS[cls]  # type: ignore[index]
-    return INTERNAL
+    """The status and error_type of a domain error in paraserve's own API (and before routing)."""
+    return PARASERVE.kind(exc)
 
 
 def headers_for(exc: errors.ServiceError) -> dict[str, str]:
-    """HTTP headers a domain error implies: when to retry, how to authenticate."""
+    """HTTP headers a domain error implies: when to retry, how to authenticate, that the connection ends."""
+    if isinstance(exc, errors.PayloadTooLarge):
+        return {"Connection": "close"}  # the rest of the body is never read: the connection cannot carry another request
     if isinstance(exc, errors.Overloaded):
         return {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
     if isinstance(exc, errors.TooManyConnections):
@@ -84,11 +115,13 @@ def error_body(message: str, error_type: str) -> dict[str, str]:
     return {"error": message, "error_type": error_type}
 
 
-def render(exc: errors.ServiceError, extra_headers: dict[str, str] | None = None) -> JSONResponse:
+def render(exc: errors.ServiceError, extra_headers: dict[str, str] | None = None, dialect: Dialect = PARASERVE) -> JSONResponse:
     """A JSON error response; x-error-type lets the metrics middleware count it by kind."""
-    kind = kind_of(exc)
+    kind = dialect.kind(exc)
     headers = {**headers_for(exc), **(extra_headers or {}), "x-error-type": kind.error_type}
-    return JSONResponse(error_body(exc.message, kind.error_type), status_code=kind.status, headers=headers)
+    if kind.status < 500:  # one line, at debug: a client's mistake is the client's to log
+        log.debug("%d %s: %s", kind.status, kind.error_type, dialect.message(exc)[:200])
+    return JSONResponse(error_body(dialect.message(exc), kind.error_type), status_code=kind.status, headers=headers)
 
 
 async def send_error(send: Send, exc: errors.ServiceError) -> None:
@@ -113,23 +146,30 @@ def _validation_error(exc: RequestValidationError) -> errors.ServiceError:
     parts = []
     for e in problems[:5]:
         where = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
-        # The pattern is a 2,400-character class of the code points the tokenizer drops: say what it means instead.
-        message = NO_TOKENS if e.get("type") == "string_pattern_mismatch" else e.get("msg", "invalid")
-        parts.append(f"{where}: {message}")
+        parts.append(f"{where}: {e.get('msg', 'invalid')}")
     more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
     return errors.ValidationFailed("; ".join(parts) + more)
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Route every exception kind through the table; nothing a client sends can become a 500."""
+def install_error_handlers(app: FastAPI, dialects: Sequence[Dialect] = ()) -> None:
+    """Route every exception kind through the table, in the dialect of the route's protocol (by path prefix).
+
+    No handler for `Exception`: an unexpected one reaches `ErrorBoundary`, which answers 500 in the error shape
+    and logs it once (Starlette's own handler would also re-raise it to the server, a second traceback).
+    """
+    by_prefix = sorted(dialects, key=lambda d: len(d.prefix), reverse=True)
+
+    def dialect_of(request: Request) -> Dialect:
+        path = request.url.path
+        return next((d for d in by_prefix if path == d.prefix or path.startswith(d.prefix + "/")), PARASERVE)
 
     @app.exception_handler(errors.ServiceError)
-    async def _service_error(_: Request, exc: errors.ServiceError) -> JSONResponse:
-        return render(exc)
+    async def _service_error(request: Request, exc: errors.ServiceError) -> JSONResponse:
+        return render(exc, dialect=dialect_of(request))
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return render(_validation_error(exc))
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return render(_validation_error(exc), dialect=dialect_of(request))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -142,9 +182,36 @@ def install_error_handlers(app: FastAPI) -> None:
         message = "request body could not be parsed (invalid UTF-8 or JSON)" if exc.status_code == 400 else str(exc.detail)
         return render(cls(message), dict(exc.headers or {}))  # e.g. 405's Allow
 
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error", exc_info=exc)
-        return JSONResponse(
-            error_body("internal error", INTERNAL.error_type), status_code=500, headers={"x-error-type": INTERNAL.error_type}
-        )
+
+class ErrorBoundary:
+    """Pure ASGI, around the routes: an exception nothing else handled becomes a 500 in the error shape, logged with
+    its traceback at most once a minute per kind; a request cancelled by the server's shutdown timeout becomes a 503
+    `shutting_down`. Nothing propagates to the server, which would log a second traceback and answer text/plain."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._log = ExceptionLog(log)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except asyncio.CancelledError:
+            if not started:
+                await send_error(send, errors.ShuttingDown("the service stopped before this request could finish"))
+        except Exception as exc:
+            self._log(f"unhandled error in {scope['method']} {scope['path'][:100]}", exc)
+            if not started:
+                body = json.dumps(error_body("internal error", INTERNAL.error_type)).encode()
+                headers = [(b"content-type", b"application/json"), (b"x-error-type", INTERNAL.error_type.encode())]
+                await send({"type": "http.response.start", "status": 500, "headers": headers})
+                await send({"type": "http.response.body", "body": body})

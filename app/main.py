@@ -1,4 +1,7 @@
-"""The application factory: a lifespan loads, warms up and starts the model worker, then drains it on shutdown."""
+"""The application factory: a lifespan loads (app.start), warms up and starts the model workers, then drains them.
+
+`create_app` is also the ASGI factory (`uvicorn --factory app.main:create_app`) and each Ray Serve replica's app.
+"""
 
 from __future__ import annotations
 
@@ -13,21 +16,23 @@ from typing import Any
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-from app.api import api_key_guard, build_router
+from app import v2
+from app.api import build_router
 from app.config import Settings
-from app.http_errors import install_error_handlers
+from app.edge import api_key_guard
+from app.http_errors import ErrorBoundary, install_error_handlers
 from app.metrics import Metrics
-from app.middleware import MetricsMiddleware, RequestGuard
+from app.middleware import DrainNotice, MetricsMiddleware, RequestGuard
 from app.observability import RequestIdentity, Tracer
-from app.service import PredictionService
-from app.v2 import build_v2_router
+from app.service import PredictionService, State
+from app.start import open_runtime
 from artifact.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
 DESCRIPTION = """\
 Answers "are these two sentences paraphrases?" with a BERT fine-tuned on GLUE MRPC, traced to TorchScript and
-quantized to int8. Pairs from concurrent requests share batches on one CPU thread.
+quantized to int8. Pairs from concurrent requests share batches on single-threaded model workers.
 
 Every error has the shape `{"error": "...", "error_type": "..."}`.
 """
@@ -58,7 +63,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        loaded = runtime or await asyncio.to_thread(Runtime.load, settings.artifact_dir, **runtime_options(settings))
+        loaded = runtime or await asyncio.to_thread(open_runtime, settings)
         await service.start(loaded)
         log.info("ready: %s %s on %d worker(s) x %d thread(s)", loaded.name, loaded.variant, settings.workers, settings.torch_threads)
         try:
@@ -75,17 +80,27 @@ def create_app(
     app.state.service = service
     router = build_router(settings)
     app.include_router(router)
-    v2 = build_v2_router(settings, api_key_guard(settings), (runtime.name, runtime.sha256[:12]) if runtime else None)
-    app.include_router(v2)
-    install_error_handlers(app)
-    known = frozenset(getattr(r, "path", "") for r in [*router.routes, *v2.routes])
+    v2_router = v2.build_v2_router(api_key_guard(settings))
+    app.include_router(v2_router)
+    install_error_handlers(app, [v2.DIALECT])
+    if runtime is not None:  # the served model's name and version in the OpenAPI document, for clients and fuzzers
+        app.openapi = _pinned_openapi(app, runtime)  # type: ignore[method-assign]
+    known = frozenset(getattr(r, "path", "") for r in [*router.routes, *v2_router.routes])
     json_routes = frozenset((m, r.path) for r in router.routes for m in getattr(r, "methods", ()) if m in ("POST", "PUT", "PATCH"))
+    app.add_middleware(ErrorBoundary)
+    app.add_middleware(DrainNotice, draining=lambda: service.state in (State.DRAINING, State.STOPPED))
     app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes, json_routes=json_routes)
     app.add_middleware(MetricsMiddleware, metrics=metrics, known_paths=known)
     app.add_middleware(RequestIdentity, tracer=tracer)  # outermost: every answer, errors included, carries the id
     return app
 
 
-def runtime_options(settings: Settings) -> dict[str, Any]:
-    """The Runtime.load arguments that come from the settings."""
-    return {"threads": settings.torch_threads, "padding": settings.padding, "quantized_engine": settings.quantized_engine}
+def _pinned_openapi(app: FastAPI, runtime: Runtime) -> Callable[[], dict[str, Any]]:
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = v2.pin_model(generate(), runtime.name, runtime.sha256[:12])
+        return app.openapi_schema
+
+    return openapi

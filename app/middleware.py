@@ -1,8 +1,9 @@
-"""Pure ASGI middleware: request guards (size, content type) and per-route metrics. No BaseHTTPMiddleware."""
+"""Pure ASGI middleware: request guards (size, content type), per-route metrics, the drain notice. No BaseHTTPMiddleware."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -10,7 +11,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from app.http_errors import send_error
-from app.metrics import Metrics
+from app.metrics import HTTP_METHODS, Metrics
 
 BODY_METHODS = {"POST", "PUT", "PATCH"}
 
@@ -105,7 +106,29 @@ class MetricsMiddleware:
         finally:
             route: Any = scope.get("route")
             template = getattr(route, "path", None) or (scope["path"] if scope["path"] in self.known_paths else "other")
-            self.metrics.requests.labels(route=template, method=scope["method"], status=str(status)).inc()
+            method = scope["method"] if scope["method"] in HTTP_METHODS else "other"
+            self.metrics.requests.labels(route=template, method=method, status=str(status)).inc()
             self.metrics.request_duration.labels(route=template).observe(time.perf_counter() - started)
             if error_type is not None:
                 self.metrics.errors.labels(error_type=error_type).inc()
+
+
+class DrainNotice:
+    """While the service drains, every response says `Connection: close`: a client keeping the connection alive would
+    otherwise send its next request just as the server closes it, and see a reset instead of an answer."""
+
+    def __init__(self, app: ASGIApp, draining: Callable[[], bool]) -> None:
+        self.app = app
+        self.draining = draining
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def noting_send(message: Message) -> None:
+            if message["type"] == "http.response.start" and self.draining():
+                message["headers"] = [*message.get("headers", []), (b"connection", b"close")]
+            await send(message)
+
+        await self.app(scope, receive, noting_send)

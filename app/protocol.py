@@ -1,48 +1,85 @@
 """uvicorn's h11 HTTP/1.1 protocol with a bounded cost per connection: what a client can hold, and for how long.
 
-Why h11 and not httptools (uvicorn[standard]'s default): httptools parses every byte a client sends and queues
-pipelined requests without limit (ten sockets pipelining `GET /healthz` without reading took RSS from 0.9 to 7.8 GB)
-and has no header size limit (four 100 MB headers: 24 s of CPU). h11 handles one request at a time per connection,
-stops reading while it is answered (so at most one socket read, 256 KiB, waits behind it), and caps the header
-block. Neither closes a connection that never sends, or sends its headers or body a byte at a time; this class
-does, answering in the service's one error shape where a response is still possible:
+Why h11 with these guards, and not httptools or granian: measured side by side under the same attacks
+(bench/http_servers.py, docs/reliability.md); h11 handles one request at a time per connection, stops reading while
+it is answered, and caps the header block; what it leaves to the server is added here. Every limit is a setting
+(app/config.py) and every server-side close is counted in paraserve_connections_closed_total{reason}:
 
-- more than `max_connections` open at once: 503 `too_many_connections` and close (the fd limit is never reached);
-- no complete header block `header_timeout_s` after the connection opened (or after the first byte of a following
-  request): 408 `request_timeout` if some bytes came, else a silent close (`idle`);
-- a header block over `max_header_bytes`: 431 `headers_too_large`; malformed HTTP: 400 `bad_request` (JSON, not
-  uvicorn's text/plain), both counted;
-- a body that stops for `body_timeout_s` between bytes: 408, and the request's handler sees a disconnect;
-- a client that stops reading its responses for `send_timeout_s`: closed;
-- more than `max_pipelined` requests waiting behind one another: 503 and close.
+- connections: more than `max_connections` open at once, or `max_connections_per_client` from one peer address:
+  503 `too_many_connections` and close (reasons too_many_connections, client_connections);
+- headers: no complete header block `header_timeout_s` after the connection opened (or after the first byte of a
+  following request): 408 if some bytes came (header_timeout), else a silent close (idle); a block over
+  `max_header_bytes`: 431 (headers_too_large); malformed HTTP: 400 in the JSON error shape (bad_request);
+- framing (RFC 9112 section 6.1): Content-Length with Transfer-Encoding, or Transfer-Encoding in HTTP/1.0: 400 and
+  close; a chunked body of more than `max_body_chunks` chunks: 400 and close (framing). Each chunk costs a parse
+  however little it carries: 900,000 one-byte chunks under 1 MiB of data stalled the event loop for 5.7 s;
+- body: not complete `body_timeout_s` after its headers (body_timeout), or averaging under `min_body_rate` bytes/s
+  once `body_rate_grace_s` has passed (body_too_slow): 408 and close, and the handler sees a disconnect. A gap
+  timeout alone let a body dripped a byte every 5 s hold its connection forever;
+- a client that stops reading its responses for `send_timeout_s`: closed (send_stalled); more than
+  `max_pipelined` requests waiting behind one another: 503 and close (pipelined).
 
-Every server-side close is counted in paraserve_connections_closed_total{reason}.
+Shutdown answers what it accepted: connections still in the listen backlog are accepted before the listener closes;
+a request whose handler runs is answered (its response says Connection: close); a body still arriving gets one more
+second; a connection between requests is read for one more second and a request arriving there is answered 503
+`shutting_down` with Connection: close (reason draining). A request the server received any byte of and closed
+without answering is counted in paraserve_requests_unanswered_total and in the last log line (0 expected).
+
+These classes override uvicorn internals (H11Protocol's handlers, Server.shutdown): uvicorn is pinned to the range
+tests/api/test_uvicorn_contract.py checks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
-from dataclasses import dataclass
+import logging
+import socket
+import time
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, ClassVar
 
 import h11
+import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from app import errors
 from app.http_errors import error_body, headers_for, kind_of
 from app.metrics import Metrics
 
+log = logging.getLogger(__name__)
+
+DRAIN_READ_S = 1.0  # at shutdown: how long a body, or a connection between requests, is still read
+
 
 @dataclass(frozen=True)
 class ConnectionLimits:
     max_connections: int
+    max_connections_per_client: int
     header_timeout_s: float
     body_timeout_s: float
+    min_body_rate: float
+    body_rate_grace_s: float
+    max_body_chunks: int
     send_timeout_s: float
     max_header_bytes: int
     max_pipelined: int
+
+
+@dataclass
+class Drain:
+    """Shared by every connection of one server: whether it is shutting down, and what the drain did."""
+
+    started_at: float | None = None
+    refused: int = 0  # requests answered 503 shutting_down by the protocol during the drain
+    unanswered: int = 0  # requests received (at least one byte) and closed without an answer, since start
+    peers: dict[str, int] = field(default_factory=dict)  # open connections per peer address
+
+    @property
+    def active(self) -> bool:
+        return self.started_at is not None
 
 
 def raw_error(exc: errors.ServiceError) -> bytes:
@@ -51,51 +88,128 @@ def raw_error(exc: errors.ServiceError) -> bytes:
     body = json.dumps(error_body(exc.message, kind.error_type)).encode()
     reason = HTTPStatus(kind.status).phrase
     lines = [f"HTTP/1.1 {kind.status} {reason}", "content-type: application/json", f"content-length: {len(body)}", "connection: close"]
-    lines += [f"x-error-type: {kind.error_type}"] + [f"{k.lower()}: {v}" for k, v in headers_for(exc).items()]
+    extra = {k.lower(): v for k, v in headers_for(exc).items() if k.lower() != "connection"}
+    lines += [f"x-error-type: {kind.error_type}"] + [f"{k}: {v}" for k, v in extra.items()]
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
-def guarded_protocol(limits: ConnectionLimits, metrics: Metrics) -> type[H11Protocol]:
-    """The protocol class for uvicorn.Config(http=...), bound to these limits and metrics."""
-    return type("GuardedH11Protocol", (GuardedH11Protocol,), {"limits": limits, "metrics": metrics})
+class FramingGuard(h11.Connection):
+    """h11, plus the framing rules it leaves to the server; a breach raises h11's RemoteProtocolError (uvicorn then
+    calls send_400_response), with the domain error kept in `refusal`."""
+
+    def __init__(self, max_chunks: int, max_header_bytes: int) -> None:
+        super().__init__(h11.SERVER, max_incomplete_event_size=max_header_bytes)
+        self.max_chunks = max_chunks
+        self.refusal: errors.ServiceError | None = None
+        self._chunked = False
+        self._events = 0
+
+    def next_event(self) -> Any:
+        event = super().next_event()
+        if isinstance(event, h11.Request):
+            names = {name for name, _ in event.headers}  # h11 lowercases header names
+            self._chunked, self._events = b"transfer-encoding" in names, 0
+            if self._chunked and b"content-length" in names:
+                self._refuse("Content-Length with Transfer-Encoding: ambiguous framing (RFC 9112, 6.1)")
+            if self._chunked and event.http_version == b"1.0":
+                self._refuse("Transfer-Encoding in an HTTP/1.0 request (RFC 9112, 6.1)")
+        elif self._chunked and isinstance(event, h11.Data):
+            self._events += 1
+            if self._events > self.max_chunks:
+                self._refuse(f"request body in more than {self.max_chunks} chunks: send larger chunks, or a Content-Length")
+        return event
+
+    def _refuse(self, message: str) -> None:
+        self.refusal = errors.BadRequest(message)
+        raise h11.RemoteProtocolError(message)
+
+
+def guarded_protocol(limits: ConnectionLimits, metrics: Metrics) -> type[GuardedH11Protocol]:
+    """The protocol class for uvicorn.Config(http=...), bound to these limits, metrics and a fresh Drain."""
+    return type("GuardedH11Protocol", (GuardedH11Protocol,), {"limits": limits, "metrics": metrics, "drain": Drain()})
 
 
 class GuardedH11Protocol(H11Protocol):
     limits: ClassVar[ConnectionLimits]
     metrics: ClassVar[Metrics]
+    drain: ClassVar[Drain]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes)
+        self.conn = FramingGuard(self.limits.max_body_chunks, self.limits.max_header_bytes)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_reason = ""
         self._received_any = False
         self._waiting_for_headers = True
         self._pipelined = 0
         self._refused = False
+        self._peer: str | None = None
+        self._peer_left = False
+        self._request_bytes = 0  # bytes of a request not answered yet (0 between requests)
+        self._body_started = 0.0
+        self._body_bytes = 0
+        self._body_deadline = 0.0
 
     # ---- connection ---------------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         too_many = len(self.connections) >= self.limits.max_connections
         super().connection_made(transport)
+        peer = self.client[0] if self.client else ""
         if too_many:
-            self._refused = True
-            self.connections.discard(self)
-            self._close_with(errors.TooManyConnections("too many open connections; retry shortly"), "too_many_connections")
+            self._refuse(errors.TooManyConnections("too many open connections; retry shortly"), "too_many_connections")
             return
+        if self.drain.peers.get(peer, 0) >= self.limits.max_connections_per_client:
+            message = f"more than {self.limits.max_connections_per_client} open connections from your address; retry shortly"
+            self._refuse(errors.TooManyConnections(message), "client_connections")
+            return
+        self._peer = peer
+        self.drain.peers[peer] = self.drain.peers.get(peer, 0) + 1
         self.metrics.connections_open.set(len(self.connections))
-        self._arm(self.limits.header_timeout_s, "header")
+        if self.drain.active:  # accepted from the backlog at shutdown: read what the client sent, answer 503
+            self._arm(DRAIN_READ_S, "drain")
+        else:
+            self._arm(self.limits.header_timeout_s, "header")
+
+    def _refuse(self, exc: errors.ServiceError, reason: str) -> None:
+        self._refused = True
+        self.connections.discard(self)
+        self._close_with(exc, reason)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._peer is not None:
+            left = self.drain.peers.get(self._peer, 1) - 1
+            if left > 0:
+                self.drain.peers[self._peer] = left
+            else:
+                self.drain.peers.pop(self._peer, None)
+            self._peer = None
+        if exc is None and not self._peer_left and self._unanswered():
+            self.drain.unanswered += 1
+            self.metrics.requests_unanswered.inc()
+            log.warning("closed a connection holding %d bytes of an unanswered request", self._request_bytes)
         super().connection_lost(exc)
         self.metrics.connections_open.set(len(self.connections))
 
+    def eof_received(self) -> None:
+        self._peer_left = True  # the client closed its side: what it leaves unanswered is its choice
+        super().eof_received()
+
+    def _unanswered(self) -> bool:
+        cycle = self.cycle
+        answering = cycle is not None and cycle.response_started and not cycle.response_complete
+        return self._request_bytes > 0 and not answering
+
     def data_received(self, data: bytes) -> None:
-        if self._refused:
-            return
+        if self._refused or self.transport.is_closing():
+            return  # e.g. the rest of a body after a 413: never parsed as a next request
         self._received_any = True
+        between = self._waiting_for_headers and (self.cycle is None or self.cycle.response_complete)
+        self._request_bytes += len(data)
+        if self.drain.active and between:
+            self._close_with(errors.ShuttingDown("the server is shutting down; retry on another instance"), "draining")
+            return
         if self._waiting_for_headers:
             if self._timer is None:
                 self._arm(self.limits.header_timeout_s, "header")  # the next request's headers: a deadline from its first byte
@@ -104,6 +218,8 @@ class GuardedH11Protocol(H11Protocol):
             if len(pending) > self.limits.max_header_bytes and b"\r\n\r\n" not in pending[: self.limits.max_header_bytes + 4]:
                 self._headers_too_large()
                 return
+        elif self.conn.their_state is h11.SEND_BODY:
+            self._body_bytes += len(data)
         super().data_received(data)
         if self.transport.is_closing():
             return
@@ -111,14 +227,16 @@ class GuardedH11Protocol(H11Protocol):
         if self._waiting_for_headers and their is not h11.IDLE:
             self._waiting_for_headers = False  # a complete header block was parsed
             self._disarm()
-        if their is h11.SEND_BODY:
-            self._arm(self.limits.body_timeout_s, "body")  # a gap between body bytes, measured from this one
+            if their is h11.SEND_BODY:
+                self._start_body_clock()
         elif their is h11.DONE and self._timer_reason == "body":
             self._disarm()
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn answers malformed HTTP in text/plain; here it is the one JSON shape, 431 for oversized headers."""
-        if self.conn.their_state is h11.ERROR and len(self.conn.trailing_data[0]) >= self.limits.max_header_bytes:
+        if self.conn.refusal is not None:
+            self._close_with(self.conn.refusal, "framing")
+        elif self.conn.their_state is h11.ERROR and len(self.conn.trailing_data[0]) >= self.limits.max_header_bytes:
             self._headers_too_large()
         else:
             self._close_with(errors.BadRequest("malformed HTTP request"), "bad_request")
@@ -129,6 +247,13 @@ class GuardedH11Protocol(H11Protocol):
     def on_response_complete(self) -> None:
         self._waiting_for_headers = True
         buffered, _ = self.conn.trailing_data
+        self._request_bytes = len(buffered)  # what is buffered belongs to the next request
+        if self.drain.active and not self.transport.is_closing():
+            if buffered:  # a request pipelined behind the one just answered
+                self._close_with(errors.ShuttingDown("the server is shutting down; retry on another instance"), "draining")
+            else:
+                self.transport.close()
+            return
         self._pipelined = self._pipelined + 1 if buffered else 0
         if self._pipelined > self.limits.max_pipelined:
             self._close_with(errors.TooManyConnections(f"more than {self.limits.max_pipelined} pipelined requests"), "pipelined")
@@ -152,14 +277,26 @@ class GuardedH11Protocol(H11Protocol):
             self._disarm()
 
     def shutdown(self) -> None:
-        # A body still arriving at shutdown gets one more second, not the whole grace period.
-        if self.conn.their_state is h11.SEND_BODY:
-            self._arm(min(1.0, self.limits.body_timeout_s), "body")
-        elif self._waiting_for_headers and (self.cycle is None or self.cycle.response_complete):
-            self._disarm()
-        super().shutdown()
+        """The server is draining: answer what this connection holds, read briefly for what is on its way, then close."""
+        if self._refused or self.transport.is_closing():
+            return
+        if self.conn.their_state is h11.SEND_BODY:  # a body still arriving: one more second, not the whole grace period
+            self._body_deadline = min(self._body_deadline, time.monotonic() + DRAIN_READ_S)
+            self._arm(max(0.0, min(1.0, self._body_deadline - time.monotonic())), "body")
+        elif self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.keep_alive = False  # a handler is running: its answer goes out, then the connection closes
+        elif self._request_bytes:  # part of a next request's headers: answer it now
+            self._close_with(errors.ShuttingDown("the server is shutting down; retry on another instance"), "draining")
+        elif self._timer_reason != "drain":
+            self._arm(DRAIN_READ_S, "drain")  # between requests: a request on its way is still answered
 
     # ---- timers ---------------------------------------------------------------------------------------------
+
+    def _start_body_clock(self) -> None:
+        now = time.monotonic()
+        self._body_started, self._body_bytes = now, 0
+        self._body_deadline = now + (DRAIN_READ_S if self.drain.active else self.limits.body_timeout_s)
+        self._arm(min(1.0, self._body_deadline - now), "body")
 
     def _arm(self, seconds: float, reason: str) -> None:
         self._disarm()
@@ -179,14 +316,10 @@ class GuardedH11Protocol(H11Protocol):
             self.metrics.connections_closed.labels(reason="send_stalled").inc()
             self.transport.abort()
         elif reason == "body":
-            cycle = self.cycle
-            if cycle is not None and not cycle.response_started:
-                cycle.disconnected = True  # the handler's next receive() is http.disconnect; its answer goes nowhere
-                cycle.message_event.set()
-            started = cycle is not None and cycle.response_started
-            self._close_with(
-                errors.RequestTimeout(f"no request body bytes for {self.limits.body_timeout_s:g} s"), "body_timeout", respond=not started
-            )
+            self._check_body()
+        elif reason == "drain":
+            self.metrics.connections_closed.labels(reason="draining").inc()
+            self.transport.close()
         elif not self._received_any:
             self.metrics.connections_closed.labels(reason="idle").inc()
             self.transport.close()
@@ -194,10 +327,84 @@ class GuardedH11Protocol(H11Protocol):
             message = f"request headers not complete within {self.limits.header_timeout_s:g} s"
             self._close_with(errors.RequestTimeout(message), "header_timeout")
 
+    def _check_body(self) -> None:
+        """Once a second while a body arrives: the overall deadline, then the minimum average rate after the grace."""
+        if self.conn.their_state is not h11.SEND_BODY:
+            return
+        now = time.monotonic()
+        elapsed = now - self._body_started
+        limits = self.limits
+        exc: errors.ServiceError | None = None
+        if now >= self._body_deadline:
+            if self.drain.active:
+                exc, reason = errors.ShuttingDown("the server is shutting down; the request body did not arrive in time"), "draining"
+            else:
+                exc, reason = errors.RequestTimeout(f"request body not complete within {limits.body_timeout_s:g} s"), "body_timeout"
+        elif limits.min_body_rate and elapsed >= limits.body_rate_grace_s and not self.flow.read_paused:
+            rate = self._body_bytes / elapsed
+            if rate < limits.min_body_rate:
+                message = f"request body arriving at {rate:.0f} bytes/s, under the minimum of {limits.min_body_rate:g} bytes/s"
+                exc, reason = errors.RequestTimeout(message), "body_too_slow"
+        if exc is None:
+            self._arm(max(0.0, min(1.0, self._body_deadline - now)), "body")
+            return
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_started:
+            cycle.disconnected = True  # the handler's next receive() is http.disconnect; its answer goes nowhere
+            cycle.message_event.set()
+        started = cycle is not None and cycle.response_started
+        self._close_with(exc, reason, respond=not started)
+
     def _close_with(self, exc: errors.ServiceError, reason: str, *, respond: bool = True) -> None:
         self._disarm()
         self.metrics.connections_closed.labels(reason=reason).inc()
         self.metrics.errors.labels(error_type=kind_of(exc).error_type).inc()
         if respond and not self.transport.is_closing():
             self.transport.write(raw_error(exc))
+            self._request_bytes = 0  # answered
+            if isinstance(exc, errors.ShuttingDown):
+                self.drain.refused += 1
         self.transport.close()
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn with a drain that answers what it accepted: at shutdown, connections waiting in the listen backlog are
+    accepted first (each then answered 503 if it sends a request) and only then does the listener close."""
+
+    def __init__(self, config: uvicorn.Config, listeners: list[socket.socket]) -> None:
+        super().__init__(config)
+        self._listeners = listeners
+        protocol = config.http if isinstance(config.http, type) else None
+        self.drain: Drain = getattr(protocol, "drain", Drain())
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.drain.started_at = time.monotonic()
+        adopted = await self._adopt_backlog()
+        await super().shutdown(sockets)
+        log.info(
+            "drain: %d connection(s) taken from the backlog, %d request(s) answered 503 shutting_down, "
+            "%d accepted request(s) left unanswered",
+            adopted,
+            self.drain.refused,
+            self.drain.unanswered,
+        )
+
+    async def _adopt_backlog(self) -> int:
+        """Accept every connection the kernel completed but uvicorn has not accepted yet (closing the listener would
+        reset them, requests and all)."""
+        loop = asyncio.get_running_loop()
+        factory = functools.partial(
+            self.config.http_protocol_class, config=self.config, server_state=self.server_state, app_state=self.lifespan.state
+        )
+        adopted = 0
+        for listener in self._listeners:
+            listener.setblocking(False)
+            while adopted < 10_000:  # bounded: the backlog holds at most its configured length
+                try:
+                    conn, _ = listener.accept()
+                except (BlockingIOError, InterruptedError, OSError):
+                    break
+                conn.setblocking(False)
+                await loop.connect_accepted_socket(factory, conn)
+                adopted += 1
+        return adopted

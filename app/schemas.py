@@ -1,15 +1,14 @@
-"""Request, response and error bodies. Request limits come from the settings, so the schema states them."""
+"""paraserve's own request, response and error bodies. Request limits come from the settings, so the schema states
+them; the core (app.core.validate_pairs) enforces them, the same for every protocol."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from app.core import MAX_THRESHOLD, MIN_THRESHOLD
 from artifact.encoding import DECISION_THRESHOLD, visible_pattern
-
-# Thresholds at the extremes label everything one way; these bounds keep the knob meaningful.
-MIN_THRESHOLD, MAX_THRESHOLD = 0.01, 0.99
 
 Label = Literal["not_paraphrase", "paraphrase"]
 
@@ -32,8 +31,12 @@ class PredictRequestBase(BaseModel):
 
 
 def request_model(max_pairs: int, max_chars: int) -> type[PredictRequestBase]:
-    """The /predict body with this deployment's limits, so OpenAPI documents (and validation enforces) them."""
-    sentence = Annotated[str, StringConstraints(min_length=1, max_length=max_chars, pattern=visible_pattern())]
+    """The /predict body with this deployment's limits in its schema, so OpenAPI documents them.
+
+    The schema checks structure (types, names); the limits are checked once, in the core, for every protocol.
+    """
+    limits = {"minLength": 1, "maxLength": max_chars, "pattern": visible_pattern()}
+    sentence = Annotated[str, Field(json_schema_extra=limits)]
     pair = create_model(
         "SentencePair",
         __base__=SentencePairBase,
@@ -49,13 +52,12 @@ def request_model(max_pairs: int, max_chars: int) -> type[PredictRequestBase]:
     return create_model(
         "PredictRequest",
         __base__=PredictRequestBase,
-        pairs=(list[pair], Field(min_length=1, max_length=max_pairs, description=f"1 to {max_pairs} pairs.")),  # type: ignore[valid-type]
+        pairs=(list[pair], Field(description=f"1 to {max_pairs} pairs.", json_schema_extra={"minItems": 1, "maxItems": max_pairs})),  # type: ignore[valid-type]
         threshold=(
             float,
             Field(
                 DECISION_THRESHOLD,
-                ge=MIN_THRESHOLD,
-                le=MAX_THRESHOLD,
+                json_schema_extra={"minimum": MIN_THRESHOLD, "maximum": MAX_THRESHOLD},
                 description=f"Decision threshold on P(paraphrase) for `label` ({MIN_THRESHOLD} to {MAX_THRESHOLD}; default "
                 f"{DECISION_THRESHOLD}). Raise it for fewer false paraphrases, lower it for fewer missed ones; `score` is unchanged.",
             ),

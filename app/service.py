@@ -1,6 +1,7 @@
 """The prediction service: owns the runtime, the batcher, the tokenizer thread and the one lifecycle state.
 
-Routes and health checks ask the service (`state`, `require_ready`); nothing else keeps lifecycle flags.
+Every protocol calls `score` (validation, admission, tokenization, batching, the client-left rule, counting);
+routes and health checks ask the service (`state`, `require_ready`); nothing else keeps lifecycle flags.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -18,7 +18,9 @@ import torch
 
 from app.batcher import Batcher, RowResult
 from app.config import Settings
-from app.errors import ClientClosed, NotReady, ShuttingDown, ValidationFailed
+from app.core import ModelId, PairLimits, Scored, results_for, validate_pairs, validate_threshold
+from app.errors import ClientClosed, InferenceFailed, InvalidPair, NotReady, ShuttingDown
+from app.logs import ExceptionLog
 from app.metrics import Metrics
 from app.observability import Tracer, now_ns
 from artifact.encoding import EncodedPair
@@ -38,18 +40,6 @@ class State(StrEnum):
     DEAD = "dead"
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """Scores for one request, in order, with the timings the response headers report."""
-
-    scores: list[float]
-    queue_seconds: float
-    inference_seconds: float
-    tokens: list[int]  # per pair, special tokens included, after truncation
-    truncated: list[bool]
-    logits: list[tuple[float, float] | None]
-
-
 class PredictionService:
     """The model behind the HTTP layer, from loading to drain; `state` is the one source of readiness."""
 
@@ -67,6 +57,8 @@ class PredictionService:
         self._batcher: Batcher[EncodedPair] | None = None
         self._tokenizer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
         self.cpu: dict[str, str] = {}
+        self.limits = PairLimits(settings.max_pairs_per_request, settings.max_sentence_chars)
+        self._log_exception = ExceptionLog(log)
         metrics.ready.set(0)
 
     @property
@@ -74,6 +66,12 @@ class PredictionService:
         if self._runtime is None:
             raise NotReady("the model is not loaded yet")
         return self._runtime
+
+    @property
+    def model(self) -> ModelId:
+        """The loaded artifact, as every protocol names it."""
+        rt = self.runtime
+        return ModelId(name=rt.name, version=rt.sha256[:12], variant=rt.variant, sha256=rt.sha256, engine="torchscript")
 
     @property
     def batcher(self) -> Batcher[EncodedPair]:
@@ -99,6 +97,7 @@ class PredictionService:
             on_depth=self.metrics.queue_depth.set,
             group_key=runtime.columns_for if runtime.padding == "buckets" else None,
             workers=self.settings.workers,
+            reserve=int(self.settings.queue_capacity * self.settings.queue_reserve),
         )
         m = self.metrics
         m.model_size.labels(variant=runtime.variant).set(runtime.model_bytes)
@@ -169,34 +168,65 @@ class PredictionService:
 
     # ---- requests -------------------------------------------------------------------------------------
 
-    async def predict(self, pairs: Sequence[tuple[str, str]], disconnected: Callable[[], Awaitable[Any]] | None = None) -> Outcome:
-        """Score pairs in order; raises Overloaded, ValidationFailed, ShuttingDown, InferenceFailed or ClientClosed."""
+    async def score(
+        self,
+        pairs: Sequence[tuple[Any, Any]],
+        *,
+        threshold: Any = None,
+        client: str = "",
+        gone: Callable[[], Awaitable[Any]] | None = None,
+    ) -> Scored:
+        """Validate, admit, tokenize, batch and score pairs, in order; the one path of every protocol.
+
+        Raises the domain errors each protocol renders: ValidationFailed (InvalidPair: which pair and sentence),
+        Overloaded, NotReady, ShuttingDown, InferenceFailed, or ClientClosed when `gone` (an awaitable that
+        completes when the client has left: a closed connection, an expired deadline) completes first; then the
+        request's rows leave the queue at once. `client` is who asks, for fair admission.
+        """
+        self.require_ready()
+        checked = validate_pairs(pairs, self.limits)
+        cut = validate_threshold(threshold)
+        model = self.model
         loop = asyncio.get_running_loop()
-        # Admitted (or refused with Overloaded) before tokenization; a partial batch may wait for these rows.
-        with self.batcher.incoming(len(pairs)):
-            self.metrics.tokenize_pending.set(self.batcher.reserved)
-            started = time.perf_counter()
-            with self.tracer.span("tokenize", pairs=len(pairs)):
-                rows = await loop.run_in_executor(self._tokenizer_pool, self.runtime.encode, pairs)
-            self.metrics.tokenize_duration.observe(time.perf_counter() - started)
-            _require_tokens(rows)
-            submitted_ns = now_ns()
-            futures = self.batcher.submit(rows, reserved=len(rows))
-        self.metrics.tokenize_pending.set(self.batcher.reserved)
-        results = await self._await_or_leave(futures, disconnected)
+        batcher = self.batcher
+        try:
+            # Admitted (or refused with Overloaded) before tokenization; a partial batch may wait for these rows.
+            with batcher.incoming(len(checked), client):
+                self.metrics.tokenize_pending.set(batcher.reserved)
+                started = time.perf_counter()
+                with self.tracer.span("tokenize", pairs=len(checked)):
+                    rows = await loop.run_in_executor(self._tokenizer_pool, self._encode, checked)
+                self.metrics.tokenize_duration.observe(time.perf_counter() - started)
+                _require_tokens(rows)
+                submitted_ns = now_ns()
+                futures = batcher.submit(rows, reserved=len(rows), client=client)
+        finally:
+            self.metrics.tokenize_pending.set(batcher.reserved)  # also after a refusal or a failure: nothing stays "pending"
+        found = await self._await_or_leave(futures, gone)
         if self.tracer.enabled:  # intervals measured on the worker threads, recorded as this request's child spans
-            queued_ns = int(max(r.queue_seconds for r in results) * 1e9)
+            queued_ns = int(max(r.queue_seconds for r in found) * 1e9)
             self.tracer.record("queue wait", submitted_ns, submitted_ns + queued_ns, pairs=len(rows))
-            for batch_id, seconds in {r.batch_id: r.inference_seconds for r in results}.items():
+            for batch_id, seconds in {r.batch_id: r.inference_seconds for r in found}.items():
                 self.tracer.record("model forward", submitted_ns + queued_ns, submitted_ns + queued_ns + int(seconds * 1e9), batch=batch_id)
-        return Outcome(
-            scores=[r.score for r in results],
-            queue_seconds=max(r.queue_seconds for r in results),
-            inference_seconds=sum({r.batch_id: r.inference_seconds for r in results}.values()),
-            tokens=[len(row) for row in rows],
-            truncated=[row.truncated for row in rows],
-            logits=[r.logits for r in results],
+        results = results_for(
+            [r.score for r in found], [r.logits for r in found], [len(row) for row in rows], [row.truncated for row in rows], cut
         )
+        for result in results:
+            self.metrics.predictions.labels(label=result.label).inc()
+        return Scored(
+            results=results,
+            model=model,
+            queue_seconds=max(r.queue_seconds for r in found),
+            inference_seconds=sum({r.batch_id: r.inference_seconds for r in found}.values()),
+        )
+
+    def _encode(self, pairs: list[tuple[str, str]]) -> list[EncodedPair]:
+        # Validated text cannot make the tokenizer fail; if it does, that is this server's fault: one 500, one line.
+        try:
+            return self.runtime.encode(pairs)
+        except Exception as exc:
+            self._log_exception("tokenization failed", exc)
+            raise InferenceFailed(f"tokenization failed: {type(exc).__name__}") from None
 
     async def _await_or_leave(
         self, futures: list[asyncio.Future[RowResult]], disconnected: Callable[[], Awaitable[Any]] | None
@@ -232,11 +262,12 @@ class PredictionService:
 
 
 def _require_tokens(rows: Sequence[EncodedPair]) -> None:
-    """A sentence of only zero-width, control or combining characters reaches the model as nothing: refuse it."""
+    """A sentence the tokenizer reduced to nothing reaches the model as nothing: refuse it (the pattern check before
+    tokenization catches the known cases; this catches what the tokenizer drops beyond them)."""
     for i, row in enumerate(rows):
-        for name, count in zip(("sentence1", "sentence2"), row.sentence_tokens, strict=True):
+        for position, count in enumerate(row.sentence_tokens):
             if count == 0:
-                raise ValidationFailed(f"pairs.{i}.{name}: has no tokens (only whitespace, control, zero-width or combining characters)")
+                raise InvalidPair(i, position, "has no tokens (only whitespace, control, zero-width or combining characters)")
 
 
 def _abandon(gathered: asyncio.Future[Any]) -> None:

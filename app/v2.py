@@ -2,33 +2,45 @@
 
 The model takes two BYTES tensors, `text_a` and `text_b` (shape [N], or [N, 1]), and answers `probabilities`
 (FP32 [N, 2]: not_paraphrase, paraphrase), `label` (BYTES [N]), `score` (FP32 [N], P(paraphrase)), `tokens`
-(INT32 [N]) and `truncated` (BOOL [N]). The limits of /predict apply (pairs per request, characters per sentence,
-body bytes, sentences the tokenizer keeps). Inputs may come as JSON `data` or with the binary tensor data extension
+(INT32 [N]) and `truncated` (BOOL [N]). Inputs may come as JSON `data` or with the binary tensor data extension
 (`Inference-Header-Content-Length`, each BYTES element a 4-byte little-endian length and its bytes), which
 tritonclient uses by default; outputs are always JSON `data`. A request without a Content-Type (tritonclient sends
-none) is read as JSON. Errors are the protocol's `{"error": "..."}` (with paraserve's `error_type` beside it).
+none) is read as JSON. Errors are the protocol's `{"error": "..."}` (with paraserve's `error_type` beside it), 400
+for every invalid request.
+
+A translator and nothing more: this module turns tensors into pairs and the core's answers into tensors; the limits
+(pairs per request, characters per sentence, sentences the tokenizer keeps), admission, the client-left rule and
+counting are the core's (`PredictionService.score`), the same as /predict's.
 
 No `from __future__ import annotations` here: FastAPI must see the types itself.
 """
 
 import json
-import re
 import struct
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-from fastapi import APIRouter, Depends, Path, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from fastapi import APIRouter, Depends, Request, Response
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
-from app.config import Settings
+from app import errors
+from app.core import LABELS, MAX_THRESHOLD, MIN_THRESHOLD, Scored, shown
+from app.edge import ServiceDep, client_of, disconnect_of
 from app.errors import InvalidInput, ModelNotFound
-from app.schemas import MAX_THRESHOLD, MIN_THRESHOLD
+from app.http_errors import Dialect, HttpKind
 from app.service import PredictionService
-from artifact.encoding import DECISION_THRESHOLD, LABELS, label_for, visible_pattern
+from artifact.encoding import DECISION_THRESHOLD
 
 INPUTS = ("text_a", "text_b")
 OUTPUTS = {"probabilities": "FP32", "label": "BYTES", "score": "FP32", "tokens": "INT32", "truncated": "BOOL"}
 HEADER_LENGTH = "inference-header-content-length"
-PROTOCOL_VERSION = "2"
+PREFIX = "/v2"
+# Every invalid request is a 400 in this protocol; a bad pair is named by its tensor and element.
+DIALECT = Dialect(
+    PREFIX,
+    lambda e: f"input {INPUTS[e.position]}[{e.index}]",
+    {errors.ValidationFailed: HttpKind(400, "validation"), errors.InvalidPair: HttpKind(400, "validation")},
+)
 
 
 class Tensor(BaseModel):
@@ -36,10 +48,10 @@ class Tensor(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     name: str = Field(description="text_a or text_b")
-    shape: list[int] = Field(description="[N] or [N, 1]", min_length=1, max_length=2)
+    shape: list[StrictInt] = Field(description="[N] or [N, 1]", min_length=1, max_length=2)
     datatype: str = Field(description="BYTES")
     parameters: dict[str, Any] | None = None
-    data: list[Any] | None = Field(None, description="N UTF-8 strings (nested lists are flattened, row-major)")
+    data: list[Any] | None = Field(None, description="N UTF-8 strings; for shape [N, 1] also N lists of one string")
 
 
 class RequestedOutput(BaseModel):
@@ -127,156 +139,202 @@ V2_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def build_v2_router(settings: Settings, guard: Any, model: tuple[str, str] | None = None) -> APIRouter:
-    """The v2 routes; `guard` is the same API-key dependency as /predict's.
+def _model_or_404(service: PredictionService, name: str, version: str | None = None) -> None:
+    service.require_ready()
+    model = service.model
+    if name != model.name:
+        raise ModelNotFound(f"no model named {shown(name)}; this server serves {model.name!r}")
+    if version is not None and version != model.version:
+        raise ModelNotFound(f"model {shown(name)} has no version {shown(version)}; it has {model.version!r}")
 
-    `model` (name, version), when known as the app is made, is stated in the OpenAPI document as the only values of
-    the path parameters, so clients and fuzzers see which model this server serves.
-    """
-    router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
-    protected = [Depends(guard)]
-    keeps_a_token = re.compile(visible_pattern())
 
-    async def service_of(request: Request) -> PredictionService:
-        service: PredictionService = request.app.state.service
-        return service
+# ---- handlers: module level, registered by build_v2_router ------------------------------------------------------
 
-    Service = Annotated[PredictionService, Depends(service_of)]
 
-    def model_or_404(service: PredictionService, name: str, version: str | None = None) -> None:
-        service.require_ready()
-        runtime = service.runtime
-        if name != runtime.name:
-            raise ModelNotFound(f"no model named {name!r}; this server serves {runtime.name!r}")
-        if version is not None and version != runtime.sha256[:12]:
-            raise ModelNotFound(f"model {name!r} has no version {version!r}; it has {runtime.sha256[:12]!r}")
+async def server_metadata() -> ServerMetadata:
+    return ServerMetadata(name="paraserve", version="0.1.0", extensions=["binary_tensor_data"])
 
-    @router.get("", summary="Server metadata")
-    async def server_metadata() -> ServerMetadata:
-        return ServerMetadata(name="paraserve", version="0.1.0", extensions=["binary_tensor_data"])
 
-    @router.get("/health/live", summary="Server liveness", response_model_exclude_none=True)
-    async def live() -> Health:
-        return Health(live=True)
+async def live() -> Health:
+    return Health(live=True)
 
-    @router.get("/health/ready", summary="Server readiness", responses={503: {"model": Health}}, response_model_exclude_none=True)
-    async def ready(service: Service, response: Response) -> Health:
-        if not service.is_ready:
-            response.status_code = 503
-        return Health(ready=service.is_ready)
 
-    async def metadata(service: PredictionService, name: str, version: str | None = None) -> ModelMetadata:
-        model_or_404(service, name, version)
-        runtime = service.runtime
-        inputs = [TensorMetadata(name=n, datatype="BYTES", shape=[-1]) for n in INPUTS]
-        shapes = {"probabilities": [-1, len(LABELS)]}
-        outputs = [TensorMetadata(name=n, datatype=t, shape=shapes.get(n, [-1])) for n, t in OUTPUTS.items()]
-        return ModelMetadata(
-            name=runtime.name,
-            versions=[runtime.sha256[:12]],
-            platform=f"pytorch_torchscript_{runtime.variant}",
-            inputs=inputs,
-            outputs=outputs,
-        )
+async def ready(service: ServiceDep, response: Response) -> Health:
+    if not service.is_ready:
+        response.status_code = 503
+    return Health(ready=service.is_ready)
 
-    async def model_ready(service: PredictionService, response: Response, name: str, version: str | None = None) -> ModelReady:
-        if not service.is_ready:  # starting, draining or dead: no model is ready, whatever its name
-            response.status_code = 503
-            return ModelReady(name=name, ready=False)
-        model_or_404(service, name, version)
-        return ModelReady(name=name, ready=True)
 
-    async def infer(service: PredictionService, request: Request, name: str, version: str | None = None) -> InferResponse:
-        model_or_404(service, name, version)
-        body = parse_infer_request(await request.body(), request.headers.get(HEADER_LENGTH))
-        if body.model_name is not None and body.model_name != name:
-            raise InvalidInput(f"the body names model {body.model_name!r} but the path {name!r}")
-        if body.model_version is not None:
-            model_or_404(service, name, body.model_version)
-        a, b = tensor_strings(body, settings, keeps_a_token)
-        threshold = requested_threshold(body)
-        wanted = [o.name for o in body.outputs] if body.outputs else list(OUTPUTS)
-        unknown = [n for n in wanted if n not in OUTPUTS]
-        if unknown:
-            raise InvalidInput(f"unknown output(s) {', '.join(unknown)}; this model has {', '.join(OUTPUTS)}")
-        outcome = await service.predict(list(zip(a, b, strict=True)))
-        n = len(a)
-        values: dict[str, tuple[list[int], list[Any]]] = {
-            "probabilities": ([n, 2], [p for s in outcome.scores for p in (1.0 - s, s)]),
-            "label": ([n], [label_for(s, threshold) for s in outcome.scores]),
-            "score": ([n], list(outcome.scores)),
-            "tokens": ([n], list(outcome.tokens)),
-            "truncated": ([n], list(outcome.truncated)),
-        }
-        for label in values["label"][1]:
-            service.metrics.predictions.labels(label=label).inc()
-        outputs = [OutputTensor(name=o, shape=values[o][0], datatype=OUTPUTS[o], data=values[o][1]) for o in wanted]
-        runtime = service.runtime
-        return InferResponse(model_name=runtime.name, model_version=runtime.sha256[:12], id=body.id, outputs=outputs)
+def _metadata(service: PredictionService, name: str, version: str | None = None) -> ModelMetadata:
+    _model_or_404(service, name, version)
+    model = service.model
+    shapes = {"probabilities": [-1, len(LABELS)]}
+    return ModelMetadata(
+        name=model.name,
+        versions=[model.version],
+        platform=f"{model.engine}_{model.variant}",
+        inputs=[TensorMetadata(name=n, datatype="BYTES", shape=[-1]) for n in INPUTS],
+        outputs=[TensorMetadata(name=n, datatype=t, shape=shapes.get(n, [-1])) for n, t in OUTPUTS.items()],
+    )
 
-    # The served model's name and version as the only values of the path parameters, when known as the app is made.
-    name_doc = {"enum": [model[0]]} if model else None
-    version_doc = {"enum": [model[1]]} if model else None
-    Name = Annotated[str, Path(description="The model's name (GET /v2/models/{name})", json_schema_extra=name_doc)]
-    Version = Annotated[str, Path(description="The model's version: its sha256 prefix", json_schema_extra=version_doc)]
+
+def _model_ready(service: PredictionService, response: Response, name: str, version: str | None = None) -> ModelReady:
+    if not service.is_ready:  # starting, draining or dead: no model is ready, whatever its name
+        response.status_code = 503
+        return ModelReady(name=name, ready=False)
+    _model_or_404(service, name, version)
+    return ModelReady(name=name, ready=True)
+
+
+async def _infer(service: PredictionService, request: Request, name: str, version: str | None = None) -> InferResponse:
+    _model_or_404(service, name, version)
+    body = parse_infer_request(await request.body(), request.headers.get(HEADER_LENGTH))
+    scored, wanted = await score_request(
+        service, body, name, client=client_of(request, service.settings.client_id_header), gone=disconnect_of(request)
+    )
+    return InferResponse(
+        model_name=scored.model.name, model_version=scored.model.version, id=body.id, outputs=output_tensors(scored, wanted)
+    )
+
+
+async def model_metadata(service: ServiceDep, name: str) -> ModelMetadata:
+    return _metadata(service, name)
+
+
+async def version_metadata(service: ServiceDep, name: str, version: str) -> ModelMetadata:
+    return _metadata(service, name, version)
+
+
+async def model_ready(service: ServiceDep, response: Response, name: str) -> ModelReady:
+    return _model_ready(service, response, name)
+
+
+async def version_ready(service: ServiceDep, response: Response, name: str, version: str) -> ModelReady:
+    return _model_ready(service, response, name, version)
+
+
+async def model_infer(service: ServiceDep, request: Request, name: str) -> InferResponse:
+    return await _infer(service, request, name)
+
+
+async def version_infer(service: ServiceDep, request: Request, name: str, version: str) -> InferResponse:
+    return await _infer(service, request, name, version)
+
+
+async def score_request(
+    service: PredictionService, body: InferRequest, name: str, *, client: str, gone: Callable[[], Awaitable[Any]] | None
+) -> tuple[Scored, list[str]]:
+    """A parsed v2 request through the core: the pairs its tensors hold, its threshold; the outputs it asked for."""
+    if body.model_name is not None and body.model_name != name:
+        raise InvalidInput(f"the body names model {shown(body.model_name)} but the path {shown(name)}")
+    if body.model_version is not None:
+        _model_or_404(service, name, body.model_version)
+    a, b = tensor_strings(body)
+    wanted = [o.name for o in body.outputs] if body.outputs else list(OUTPUTS)
+    unknown = [n for n in wanted if n not in OUTPUTS]
+    if unknown:
+        raise InvalidInput(f"unknown output(s) {shown(unknown)}; this model has {', '.join(OUTPUTS)}")
+    threshold = (body.parameters or {}).get("threshold")
+    scored = await service.score(list(zip(a, b, strict=True)), threshold=threshold, client=client, gone=gone)
+    return scored, wanted
+
+
+def output_values(scored: Scored) -> dict[str, tuple[list[int], list[Any]]]:
+    """Every output tensor of this model, by name: (shape, flat row-major data)."""
+    results = scored.results
+    n = len(results)
+    return {
+        "probabilities": ([n, len(LABELS)], [p for r in results for p in r.probabilities]),
+        "label": ([n], [r.label for r in results]),
+        "score": ([n], [r.score for r in results]),
+        "tokens": ([n], [r.tokens for r in results]),
+        "truncated": ([n], [r.truncated for r in results]),
+    }
+
+
+def output_tensors(scored: Scored, wanted: list[str]) -> list[OutputTensor]:
+    values = output_values(scored)
+    return [OutputTensor(name=o, shape=values[o][0], datatype=OUTPUTS[o], data=values[o][1]) for o in wanted]
+
+
+def build_v2_router(guard: Any) -> APIRouter:
+    """The v2 routes; `guard` is the same API-key dependency as /predict's (model routes only; health stays open)."""
+    router = APIRouter(prefix=PREFIX, tags=["Open Inference Protocol v2"])
+    protected = {"dependencies": [Depends(guard)], "responses": V2_ERRORS}
     body_doc = {"requestBody": {"required": True, "content": {"application/json": {"schema": inline_schema(InferRequest)}}}}
-    routes = {"dependencies": protected, "responses": V2_ERRORS}
-
-    @router.get("/models/{name}", summary="Model metadata", **routes)
-    async def model_metadata(service: Service, name: Name) -> ModelMetadata:
-        return await metadata(service, name)
-
-    @router.get("/models/{name}/versions/{version}", summary="Model metadata (a version)", **routes)
-    async def version_metadata(service: Service, name: Name, version: Version) -> ModelMetadata:
-        return await metadata(service, name, version)
-
-    @router.get("/models/{name}/ready", summary="Model readiness", responses=V2_ERRORS)
-    async def model_is_ready(service: Service, response: Response, name: Name) -> ModelReady:
-        return await model_ready(service, response, name)
-
-    @router.get("/models/{name}/versions/{version}/ready", summary="Model readiness (a version)", responses=V2_ERRORS)
-    async def version_is_ready(service: Service, response: Response, name: Name, version: Version) -> ModelReady:
-        return await model_ready(service, response, name, version)
-
-    @router.post("/models/{name}/infer", summary="Inference", openapi_extra=body_doc, **routes)
-    async def model_infer(service: Service, request: Request, name: Name) -> InferResponse:
-        return await infer(service, request, name)
-
-    @router.post("/models/{name}/versions/{version}/infer", summary="Inference (a version)", openapi_extra=body_doc, **routes)
-    async def version_infer(service: Service, request: Request, name: Name, version: Version) -> InferResponse:
-        return await infer(service, request, name, version)
-
+    router.add_api_route("", server_metadata, methods=["GET"], summary="Server metadata")
+    router.add_api_route("/health/live", live, methods=["GET"], summary="Server liveness", response_model_exclude_none=True)
+    router.add_api_route(
+        "/health/ready",
+        ready,
+        methods=["GET"],
+        summary="Server readiness",
+        responses={503: {"model": Health}},
+        response_model_exclude_none=True,
+    )
+    routes = (
+        ("", "", model_metadata, model_ready, model_infer),
+        ("/versions/{version}", " (a version)", version_metadata, version_ready, version_infer),
+    )
+    for suffix, what, metadata, is_ready, infer in routes:
+        base = "/models/{name}" + suffix
+        router.add_api_route(base, metadata, methods=["GET"], summary="Model metadata" + what, **protected)
+        router.add_api_route(base + "/ready", is_ready, methods=["GET"], summary="Model readiness" + what, responses=V2_ERRORS)
+        router.add_api_route(base + "/infer", infer, methods=["POST"], summary="Inference" + what, openapi_extra=body_doc, **protected)
     return router
 
 
+def pin_model(schema: dict[str, Any], name: str, version: str) -> dict[str, Any]:
+    """The OpenAPI document with the served model's name and version as the only values of the v2 path parameters,
+    so clients and fuzzers see which model this server serves."""
+    for path, operations in schema.get("paths", {}).items():
+        if not path.startswith(PREFIX + "/models/"):
+            continue
+        for operation in operations.values():
+            for parameter in operation.get("parameters", []):
+                if parameter.get("in") == "path" and parameter.get("name") in ("name", "version"):
+                    parameter.setdefault("schema", {})["enum"] = [name if parameter["name"] == "name" else version]
+    return schema
+
+
 def parse_infer_request(raw: bytes, header_length: str | None) -> InferRequest:
-    """The JSON header (all of the body, or its first Inference-Header-Content-Length bytes) with binary inputs inlined."""
+    """The JSON header (all of the body, or its first Inference-Header-Content-Length bytes) with binary inputs inlined.
+
+    Every way a body can be malformed is an InvalidInput (400): not JSON, nested too deeply to parse, a number
+    Python refuses to convert (an integer of over 4,300 digits), the wrong fields or types, binary sizes that do not fit.
+    """
     binary = b""
     if header_length is not None:
         try:
             size = int(header_length)
         except ValueError:
-            raise InvalidInput(f"{HEADER_LENGTH} is not a number: {header_length!r}") from None
+            raise InvalidInput(f"{HEADER_LENGTH} is not a number: {shown(header_length)}") from None
         if not 0 <= size <= len(raw):
             raise InvalidInput(f"{HEADER_LENGTH} {size} is beyond the {len(raw)}-byte body")
         raw, binary = raw[:size], raw[size:]
     try:
         document = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidInput(f"the inference request is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidInput("the inference request is nested too deeply to parse") from None
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError, and int() of a number over 4,300 digits
+        raise InvalidInput(f"the inference request is not valid JSON: {str(exc)[:200]}") from None
     try:
         request = InferRequest.model_validate(document)
-    except ValidationError as exc:
+    except (ValidationError, RecursionError) as exc:
+        if isinstance(exc, RecursionError):
+            raise InvalidInput("the inference request is nested too deeply to parse") from None
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ())) or "body"
-        raise InvalidInput(f"{where}: {first.get('msg')}") from None
+        raise InvalidInput(f"{where[:100]}: {first.get('msg')}") from None
     offset = 0
     for tensor in request.inputs:
         size = (tensor.parameters or {}).get("binary_data_size")
         if size is None:
             continue
-        if not isinstance(size, int) or size < 0 or offset + size > len(binary):
-            raise InvalidInput(f"input {tensor.name}: binary_data_size {size!r} does not fit the {len(binary) - offset} bytes left")
+        if type(size) is not int or size < 0 or offset + size > len(binary):
+            raise InvalidInput(
+                f"input {shown(tensor.name)}: binary_data_size {shown(size)} does not fit the {len(binary) - offset} bytes left"
+            )
         tensor.data = decode_bytes_tensor(binary[offset : offset + size], tensor.name)
         offset += size
     if offset != len(binary):
@@ -289,60 +347,56 @@ def decode_bytes_tensor(blob: bytes, name: str) -> list[str]:
     items, i = [], 0
     while i < len(blob):
         if i + 4 > len(blob):
-            raise InvalidInput(f"input {name}: truncated BYTES element length")
+            raise InvalidInput(f"input {shown(name)}: truncated BYTES element length")
         (length,) = struct.unpack_from("<I", blob, i)
         i += 4
         if i + length > len(blob):
-            raise InvalidInput(f"input {name}: a BYTES element of {length} bytes overruns the tensor")
+            raise InvalidInput(f"input {shown(name)}: a BYTES element of {length} bytes overruns the tensor")
         try:
             items.append(blob[i : i + length].decode("utf-8"))
         except UnicodeDecodeError:
-            raise InvalidInput(f"input {name}: element {len(items)} is not UTF-8") from None
+            raise InvalidInput(f"input {shown(name)}: element {len(items)} is not UTF-8") from None
         i += length
     return items
 
 
-def tensor_strings(request: InferRequest, settings: Settings, keeps_a_token: Any) -> tuple[list[str], list[str]]:
-    """The two input tensors as equal-length lists of sentences, checked against /predict's limits."""
+def tensor_strings(request: InferRequest) -> tuple[list[Any], list[Any]]:
+    """The two input tensors as equal-length columns, row-major; what each element may hold is the core's rule."""
     by_name = {t.name: t for t in request.inputs}
     if sorted(by_name) != sorted(INPUTS):
-        raise InvalidInput(f"inputs must be {' and '.join(INPUTS)}, got {', '.join(t.name for t in request.inputs)}")
+        raise InvalidInput(f"inputs must be {' and '.join(INPUTS)}, got {shown([t.name for t in request.inputs])}")
     columns = []
     for name in INPUTS:
         tensor = by_name[name]
         if tensor.datatype != "BYTES":
-            raise InvalidInput(f"input {name}: datatype must be BYTES, not {tensor.datatype}")
+            raise InvalidInput(f"input {name}: datatype must be BYTES, not {shown(tensor.datatype)}")
         if tensor.data is None:
             raise InvalidInput(f"input {name}: no data (JSON `data`, or binary_data_size with the binary extension)")
-        data = _flatten(tensor.data)
         shape = tensor.shape
-        if shape[0] != len(data) or (len(shape) == 2 and shape[1] != 1) or any(d < 0 for d in shape):
-            raise InvalidInput(f"input {name}: shape {shape} does not hold its {len(data)} elements (use [N] or [N, 1])")
-        for i, item in enumerate(data):
-            if not isinstance(item, str):
-                raise InvalidInput(f"input {name}[{i}]: BYTES elements must be strings, not {type(item).__name__}")
-            if not 1 <= len(item) <= settings.max_sentence_chars:
-                raise InvalidInput(f"input {name}[{i}]: {len(item)} characters; 1 to {settings.max_sentence_chars} allowed")
-            if not keeps_a_token.search(item):
-                raise InvalidInput(f"input {name}[{i}]: has no character the tokenizer keeps")
+        if any(d < 0 for d in shape) or (len(shape) == 2 and shape[1] != 1):
+            raise InvalidInput(f"input {name}: shape {shape} is not [N] or [N, 1]")
+        data = _rows(tensor.data, name, nested=len(shape) == 2)
+        if shape[0] != len(data):
+            raise InvalidInput(f"input {name}: shape {shape} does not hold its {len(data)} elements")
         columns.append(data)
     a, b = columns
     if len(a) != len(b):
         raise InvalidInput(f"text_a has {len(a)} elements and text_b {len(b)}: they must match")
-    if not 1 <= len(a) <= settings.max_pairs_per_request:
-        raise InvalidInput(f"{len(a)} pairs; 1 to {settings.max_pairs_per_request} allowed per request")
     return a, b
 
 
-def requested_threshold(request: InferRequest) -> float:
-    value = (request.parameters or {}).get("threshold", DECISION_THRESHOLD)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not MIN_THRESHOLD <= value <= MAX_THRESHOLD:
-        raise InvalidInput(f"parameters.threshold must be a number from {MIN_THRESHOLD} to {MAX_THRESHOLD}, not {value!r}")
-    return float(value)
-
-
-def _flatten(data: list[Any]) -> list[Any]:
-    return [x for item in data for x in (_flatten(item) if isinstance(item, list) else [item])]
+def _rows(data: list[Any], name: str, *, nested: bool) -> list[Any]:
+    """N elements; for shape [N, 1] also N lists of one element. Deeper nesting is refused, never recursed into."""
+    if not nested:
+        return data
+    rows = []
+    for i, item in enumerate(data):
+        if isinstance(item, list):
+            if len(item) != 1:
+                raise InvalidInput(f"input {name}[{i}]: a row of shape [N, 1] holds one element, not {len(item)}")
+            item = item[0]
+        rows.append(item)
+    return rows
 
 
 def inline_schema(model: type[BaseModel]) -> dict[str, Any]:

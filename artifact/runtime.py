@@ -123,13 +123,14 @@ class Runtime:
             raise ArtifactError(f"cannot read {artifact_dir / manifest.tokenizer.file}: {str(exc).splitlines()[0]}") from exc
 
     @classmethod
-    def load(cls, artifact_dir: Path, *, threads: int = 1, padding: Padding = "auto", quantized_engine: str | None = None) -> Runtime:
-        """Verify the manifest and sha256, then load model.pt on the CPU with `threads` intra-op threads."""
+    def load(cls, artifact_dir: Path, *, padding: Padding = "auto") -> Runtime:
+        """Verify the manifest and sha256, then load model.pt on the CPU.
+
+        Changes nothing process-wide: threads, the quantized engine, the graph executor and the allocator are
+        `configure_process`'s, called once at start, before any load (int8 weights are repacked for the engine
+        active when the module is deserialized).
+        """
         manifest = verify_artifact(artifact_dir)
-        torch.set_num_threads(threads)
-        if quantized_engine:
-            # Before loading: int8 weights are repacked for the active engine when the module is deserialized.
-            torch.backends.quantized.engine = quantized_engine
         check_runnable(manifest)
         try:
             module = load_module(artifact_dir / manifest.model_file)
@@ -138,8 +139,6 @@ class Runtime:
         module.eval()
         for parameter in module.parameters():
             parameter.requires_grad_(False)  # serving never needs autograd; keeps every call in one grad mode
-        _use_simple_executor()
-        _keep_freed_memory()
         log.info("loaded %s (%s, %d bytes, sha256 %s)", manifest.name, manifest.variant, manifest.model_bytes, manifest.model_sha256[:12])
         if manifest.source.random_init:
             log.warning("%s was built from a random checkpoint (init-tiny): its answers are random, not a paraphrase model", manifest.name)
@@ -205,6 +204,32 @@ class Runtime:
         for _ in range(rounds):
             for n_rows, cols in self.shapes:
                 self._logits(pad_batch([row] * n_rows, n_rows, cols))
+
+
+@dataclass(frozen=True)
+class ProcessSettings:
+    """What `configure_process` set, for the start-up log and GET /model."""
+
+    threads: int
+    quantized_engine: str
+    simple_executor: bool
+    malloc_tuned: bool
+
+
+def configure_process(*, threads: int = 1, quantized_engine: str | None = None) -> ProcessSettings:
+    """The process-wide settings a runtime needs, applied once and explicitly, before any `Runtime.load`.
+
+    `threads`: torch intra-op threads per forward. `quantized_engine`: torch.backends.quantized.engine (None keeps
+    torch's default, x86). The TorchScript simple executor and glibc's allocator settings are the measured defaults
+    (see the two functions below). Everything here is global to the process, which is why it is not a side effect
+    of loading.
+    """
+    torch.set_num_threads(threads)
+    if quantized_engine:
+        torch.backends.quantized.engine = quantized_engine
+    _use_simple_executor()
+    tuned = _keep_freed_memory()
+    return ProcessSettings(threads, torch.backends.quantized.engine, True, tuned)
 
 
 def _keep_freed_memory() -> bool:

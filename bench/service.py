@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from artifact.kernels import cpu_description
-from artifact.runtime import Runtime
+from artifact.runtime import Runtime, configure_process
 from harness.local_server import running_server
 from harness.scrape import histogram_mean, metric_sum, samples
 from model_build.mrpc import load_split
@@ -46,7 +46,8 @@ def raw_forward(artifact: Path, rows: list[Any], runs: int, threads: int = 1, en
     """
     previous = torch.backends.quantized.engine
     try:
-        runtime = Runtime.load(artifact, threads=threads, padding="fixed", quantized_engine=engine or "x86")
+        configure_process(threads=threads, quantized_engine=engine or "x86")
+        runtime = Runtime.load(artifact, padding="fixed")
         runtime.warm_up(2)
         times = []
         for _ in range(runs):

@@ -8,7 +8,7 @@ from typing import Any
 
 from artifact.encoding import label_for
 from artifact.kernels import cpu_description
-from artifact.runtime import Padding, Runtime
+from artifact.runtime import Padding, Runtime, configure_process
 from model_build.mrpc import load_split
 from model_build.progress import progress
 from model_build.scoring import f1_accuracy
@@ -39,8 +39,9 @@ def evaluate_artifacts(
     texts = [(p.sentence1, p.sentence2) for p in pairs]
     labels = [p.label for p in pairs]
     results = []
+    configure_process(threads=threads)
     for artifact_dir in artifact_dirs:
-        runtime = Runtime.load(artifact_dir, threads=threads, padding=padding)
+        runtime = Runtime.load(artifact_dir, padding=padding)
         runtime.warm_up(1)
         rows = runtime.encode(texts)
         scores: list[float] = []

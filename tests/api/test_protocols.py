@@ -98,16 +98,22 @@ def test_v2_probabilities_labels_and_errors(client: TestClient):
     assert set(out) == {"probabilities", "label"} and out["probabilities"]["shape"] == [2, 2]
     probs = out["probabilities"]["data"]
     assert probs[0] + probs[1] == pytest.approx(1) and out["label"]["data"] == ["paraphrase", "paraphrase"]  # threshold 0.01
-    bad = [
-        ({**body, "inputs": body["inputs"][:1]}, "inputs"),
-        ({**body, "inputs": [dict(body["inputs"][0], datatype="FP32"), body["inputs"][1]]}, "datatype must be BYTES"),
-        ({**body, "inputs": [dict(body["inputs"][0], data=[["\u200b"], ["b"]]), body["inputs"][1]]}, "no character the tokenizer keeps"),
-        ({**body, "outputs": [{"name": "embedding"}]}, "unknown output"),
-        ({**body, "parameters": {"threshold": 2}}, "threshold"),
+    bad = [  # the wire format is v2's to check (invalid_input); pairs and the threshold are the core's (validation)
+        ({**body, "inputs": body["inputs"][:1]}, "inputs", "invalid_input"),
+        ({**body, "inputs": [dict(body["inputs"][0], datatype="FP32"), body["inputs"][1]]}, "datatype must be BYTES", "invalid_input"),
+        ({**body, "inputs": [dict(body["inputs"][0], shape=["2", 1]), body["inputs"][1]]}, "shape", "invalid_input"),
+        ({**body, "inputs": [dict(body["inputs"][0], shape=[True, 1]), body["inputs"][1]]}, "shape", "invalid_input"),
+        ({**body, "outputs": [{"name": "embedding"}]}, "unknown output", "invalid_input"),
+        (
+            {**body, "inputs": [dict(body["inputs"][0], data=[["\u200b"], ["b"]]), body["inputs"][1]]},
+            "input text_b[0]: has no character the tokenizer keeps",
+            "validation",
+        ),
+        ({**body, "parameters": {"threshold": 2}}, "threshold", "validation"),
     ]
-    for payload, fragment in bad:
+    for payload, fragment, error_type in bad:
         r = client.post("/v2/models/tiny/infer", json=payload)
-        assert r.status_code == 400 and fragment in r.json()["error"] and r.json()["error_type"] == "invalid_input", r.text
+        assert r.status_code == 400 and fragment in r.json()["error"] and r.json()["error_type"] == error_type, r.text
     assert client.post("/v2/models/other/infer", json=body).status_code == 404
     assert client.post("/v2/models/tiny/versions/0000/infer", json=body).status_code == 404
     version = client.get("/v2/models/tiny").json()["versions"][0]

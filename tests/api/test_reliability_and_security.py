@@ -102,11 +102,11 @@ def test_a_client_that_leaves_frees_its_queue_slots(int8_dir: Path, runtime: Gat
         await service.start(runtime)
         runtime.gate.clear()
         runtime.entered.clear()
-        blocker = asyncio.ensure_future(service.predict([("a", "b")] * 8))  # holds the model
+        blocker = asyncio.ensure_future(service.score([("a", "b")] * 8))  # holds the model
         while not runtime.entered.is_set():
             await asyncio.sleep(0.01)
         left = asyncio.Event()
-        leaving = asyncio.ensure_future(service.predict([("c", "d")] * 5, disconnected=left.wait))
+        leaving = asyncio.ensure_future(service.score([("c", "d")] * 5, gone=left.wait))
         await asyncio.sleep(0.05)
         depth_while_waiting = service.batcher.depth
         left.set()

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import pytest
 
 from app.batcher import Batcher
-from app.errors import InferenceFailed, Overloaded, ShuttingDown
+from app.errors import InferenceFailed, NotReady, Overloaded, ShuttingDown
 from app.http_errors import headers_for, kind_of
 
 
@@ -186,7 +186,9 @@ def test_drain_answers_everything_queued_then_refuses():
     assert drained and scores == [0.01, 0.02, 0.03]
 
 
-def test_a_dead_loop_is_reported_and_queued_rows_fail():
+def test_a_dead_loop_is_reported_and_new_rows_are_refused_as_not_ready():
+    """Not a 500 `inference` for the next request: the same NotReady (503) that /readyz reports."""
+
     async def scenario():
         model = FakeModel()
         batcher = make(model, wait=0.0)
@@ -198,7 +200,7 @@ def test_a_dead_loop_is_reported_and_queued_rows_fail():
         batcher._loop = broken_loop  # type: ignore[method-assign]
         batcher.start(on_fatal=fatal.append)
         await asyncio.sleep(0.01)
-        with pytest.raises(InferenceFailed):
+        with pytest.raises(NotReady, match="not running"):
             batcher.submit([1.0])
         return batcher, fatal
 

@@ -11,7 +11,7 @@ import pytest
 
 from artifact.encoding import EncodedPair
 from artifact.errors import ArtifactError
-from artifact.runtime import Runtime
+from artifact.runtime import Runtime, configure_process
 from model_build.parity_pairs import PARITY_PAIRS
 
 
@@ -62,8 +62,9 @@ def test_int8_calibrated_refuses_an_engine_or_cpu_it_cannot_run_on(tiny_artifact
 
     engine = torch.backends.quantized.engine
     try:
+        configure_process(quantized_engine="onednn")
         with pytest.raises(ArtifactError, match="runs on the x86 or fbgemm quantized engine, not onednn"):
-            Runtime.load(tiny_artifacts / "int8-calibrated", quantized_engine="onednn")
+            Runtime.load(tiny_artifacts / "int8-calibrated")
     finally:
         torch.backends.quantized.engine = engine
     monkeypatch.setattr("artifact.kernels.int8_kernel_exact", lambda: False)  # an AVX2-only CPU

@@ -1,0 +1,124 @@
+"""The protocol-neutral core of a request: what a valid pair is, and what an answer holds. No FastAPI, no HTTP.
+
+Every protocol (paraserve's `/predict`, Open Inference Protocol v2 over REST and gRPC) only translates its wire
+format into `(sentence1, sentence2)` pairs and a threshold, calls `PredictionService.score`, and renders `Scored`
+or the domain error back in its own shape. The rules live here once, so the protocols cannot drift apart: the same
+pair is refused by each with the same domain error (`InvalidPair`: which pair, which sentence, which limit).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from app.errors import InvalidPair, ValidationFailed
+from artifact.encoding import DECISION_THRESHOLD, LABELS, label_for, visible_pattern
+
+# Thresholds at the extremes label everything one way; these bounds keep the knob meaningful.
+MIN_THRESHOLD, MAX_THRESHOLD = 0.01, 0.99
+NO_TOKENS = "has no character the tokenizer keeps (only whitespace, control, zero-width or combining characters)"
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+@dataclass(frozen=True)
+class PairLimits:
+    """What one request may carry: the deployment's settings, the same for every protocol."""
+
+    max_pairs: int
+    max_chars: int
+
+
+@cache
+def _keeps_a_token() -> re.Pattern[str]:
+    return re.compile(visible_pattern())
+
+
+def validate_pairs(pairs: Sequence[tuple[Any, Any]], limits: PairLimits) -> list[tuple[str, str]]:
+    """The pairs as strings, or the first problem as a domain error: how many pairs, which sentence breaks which limit.
+
+    Checked before any tokenization, so a refused request costs no model or tokenizer time. A lone surrogate
+    (JSON `"\\ud800"`) is not text: the tokenizer cannot encode it, so it is refused here as a client error.
+    """
+    if not 1 <= len(pairs) <= limits.max_pairs:
+        raise ValidationFailed(f"{len(pairs)} pairs; 1 to {limits.max_pairs} allowed per request")
+    keeps = _keeps_a_token()
+    for index, pair in enumerate(pairs):
+        for position, sentence in enumerate(pair):
+            if not isinstance(sentence, str):
+                raise InvalidPair(index, position, f"must be a string, not {type(sentence).__name__}")
+            if not 1 <= len(sentence) <= limits.max_chars:
+                raise InvalidPair(index, position, f"{len(sentence)} characters; 1 to {limits.max_chars} allowed")
+            if _SURROGATE.search(sentence):
+                raise InvalidPair(index, position, "is not valid Unicode text (it holds a lone surrogate code point)")
+            if not keeps.search(sentence):
+                raise InvalidPair(index, position, NO_TOKENS)
+    return [(a, b) for a, b in pairs]
+
+
+def validate_threshold(value: Any) -> float:
+    """The decision threshold on P(paraphrase), MIN_THRESHOLD to MAX_THRESHOLD (a bool is not a number here)."""
+    if value is None:
+        return DECISION_THRESHOLD
+    if isinstance(value, bool) or not isinstance(value, int | float) or not MIN_THRESHOLD <= value <= MAX_THRESHOLD:
+        raise ValidationFailed(f"threshold must be a number from {MIN_THRESHOLD} to {MAX_THRESHOLD}, not {shown(value)}")
+    return float(value)
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """A client's value quoted in an error message, cut to `limit` characters: an echo must not cost more than the input."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@dataclass(frozen=True)
+class ModelId:
+    """Which artifact answers: its name, version (sha256 prefix), variant and engine."""
+
+    name: str
+    version: str
+    variant: str
+    sha256: str
+    engine: str
+
+
+@dataclass(frozen=True)
+class PairResult:
+    """One pair's answer."""
+
+    label: str
+    score: float  # P(paraphrase)
+    logits: tuple[float, float] | None
+    tokens: int  # special tokens included, after truncation
+    truncated: bool
+
+    @property
+    def probabilities(self) -> tuple[float, float]:
+        """(not_paraphrase, paraphrase), in the order of LABELS."""
+        return 1.0 - self.score, self.score
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One request's answers in order, the model that gave them and what the request waited for."""
+
+    results: list[PairResult]
+    model: ModelId
+    queue_seconds: float
+    inference_seconds: float
+
+
+def results_for(
+    scores: Sequence[float],
+    logits: Sequence[tuple[float, float] | None],
+    tokens: Sequence[int],
+    truncated: Sequence[bool],
+    threshold: float,
+) -> list[PairResult]:
+    """Label each pair's score by the threshold."""
+    return [PairResult(label_for(s, threshold), s, lg, n, t) for s, lg, n, t in zip(scores, logits, tokens, truncated, strict=True)]
+
+
+__all__ = ["LABELS", "MAX_THRESHOLD", "MIN_THRESHOLD", "ModelId", "PairLimits", "PairResult", "Scored", "validate_pairs"]
