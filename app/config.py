@@ -98,10 +98,10 @@ class Settings(BaseSettings):
     )
     body_rate_grace_s: float = Field(5.0, ge=0, description="Time a body may take before min_body_rate applies.")
     max_body_chunks: int = Field(
-        4096,
+        1024,
         ge=1,
         description="Chunks a chunked request body may have (400 beyond). Each chunk costs the server a parse however few "
-        "bytes it holds: 900,000 one-byte chunks stalled the event loop 5.7 s. 1 MiB in 256-byte chunks fits.",
+        "bytes it holds: 900,000 one-byte chunks stalled the event loop 5.7 s. 1 MiB in 1 KiB chunks fits.",
     )
     send_timeout_s: float = Field(30.0, gt=0, description="How long a client may leave its responses unread before it is disconnected.")
     keep_alive_s: float = Field(5.0, gt=0, description="Idle time after a response before a keep-alive connection is closed.")

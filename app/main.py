@@ -21,9 +21,10 @@ from app.api import build_router
 from app.config import Settings
 from app.edge import api_key_guard
 from app.http_errors import ErrorBoundary, install_error_handlers
+from app.logs import configure_logging
 from app.metrics import Metrics
-from app.middleware import DrainNotice, MetricsMiddleware, RequestGuard
-from app.observability import RequestIdentity, Tracer
+from app.middleware import DrainNotice, MetricsMiddleware, RequestGuard, RequestIdentity
+from app.observability import Tracer
 from app.service import PredictionService, State
 from app.start import open_runtime
 from artifact.runtime import Runtime
@@ -63,6 +64,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if not logging.getLogger().handlers:  # uvicorn --factory, a Ray replica: the same log lines as python -m app
+            configure_logging(settings.log_level, settings.json_logs)
         loaded = runtime or await asyncio.to_thread(open_runtime, settings)
         await service.start(loaded)
         log.info("ready: %s %s on %d worker(s) x %d thread(s)", loaded.name, loaded.variant, settings.workers, settings.torch_threads)

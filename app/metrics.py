@@ -8,7 +8,8 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.
 INFERENCE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0)
 FAST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 CLOSE_REASONS = ("idle", "keep_alive", "header_timeout", "body_timeout", "body_too_slow", "send_stalled", "headers_too_large",
-                 "bad_request", "framing", "too_many_connections", "client_connections", "pipelined", "draining")  # fmt: skip
+                 "bad_request", "framing", "body_too_large", "too_many_connections", "client_connections", "pipelined",
+                 "draining")  # fmt: skip
 # Label values a client cannot grow: anything else shares "other" (4,000 random methods once grew /metrics to 97 MB).
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 RATIO_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)

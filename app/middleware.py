@@ -1,8 +1,11 @@
-"""Pure ASGI middleware: request guards (size, content type), per-route metrics, the drain notice. No BaseHTTPMiddleware."""
+"""Pure ASGI middleware: request identity, request guards (size, content type), per-route metrics, the drain notice.
+No BaseHTTPMiddleware."""
 
 from __future__ import annotations
 
+import re
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +15,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from app.http_errors import send_error
 from app.metrics import HTTP_METHODS, Metrics
+from app.observability import Tracer, request_id
+
+REQUEST_ID_HEADER = b"x-request-id"
+_VALID_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 
 BODY_METHODS = {"POST", "PUT", "PATCH"}
 
@@ -132,3 +139,40 @@ class DrainNotice:
             await send(message)
 
         await self.app(scope, receive, noting_send)
+
+
+class RequestIdentity:
+    """Pure ASGI: gives each HTTP request its id (and server span), and puts `x-request-id` on its response."""
+
+    def __init__(self, app: ASGIApp, tracer: Tracer) -> None:
+        self.app = app
+        self.tracer = tracer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = next((v for k, v in scope["headers"] if k == REQUEST_ID_HEADER), b"")
+        rid = given.decode("ascii") if _VALID_ID.fullmatch(given) else uuid.uuid4().hex
+        token = request_id.set(rid)
+        status = 500
+
+        async def identified_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (REQUEST_ID_HEADER, rid.encode())]
+            await send(message)
+
+        try:
+            with self.tracer.server_span(scope, rid) as span:
+                try:
+                    await self.app(scope, receive, identified_send)
+                finally:
+                    if span is not None:
+                        route = getattr(scope.get("route"), "path", None)
+                        span.set_attribute("http.response.status_code", status)
+                        if route:
+                            span.set_attribute("http.route", route)
+        finally:
+            request_id.reset(token)

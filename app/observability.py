@@ -1,8 +1,8 @@
 """Request identity and tracing: an X-Request-ID on every response and log line, W3C trace context, OpenTelemetry.
 
-Identity is always on: `X-Request-ID` is taken from the request when it is a sane token (1-128 of
-`A-Za-z0-9._:-`), else made (a uuid4); every response carries it, and every log line written while the request is
-handled names it (a contextvar read by a logging filter).
+Identity is always on (its ASGI side is app.middleware.RequestIdentity): `X-Request-ID` is taken from the request
+when it is a sane token (1-128 of `A-Za-z0-9._:-`), else made (a uuid4); every response carries it, and every log
+line written while the request is handled names it (a contextvar read by a logging filter).
 
 Tracing is off unless an OpenTelemetry exporter is configured with the standard variables (`OTEL_TRACES_EXPORTER`
 = otlp or console, or an `OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT`): then each request is a server span, a child of the
@@ -15,17 +15,11 @@ from __future__ import annotations
 import contextvars
 import logging
 import os
-import re
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-REQUEST_ID_HEADER = b"x-request-id"
-_VALID_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
 
@@ -65,7 +59,7 @@ class Tracer:
         return cls(provider)
 
     @contextmanager
-    def server_span(self, scope: Scope, rid: str) -> Iterator[Any]:
+    def server_span(self, scope: dict[str, Any], rid: str) -> Iterator[Any]:
         """The request's span, a child of the caller's W3C traceparent; yields None when tracing is off."""
         if self._tracer is None:
             yield None
@@ -100,40 +94,3 @@ class Tracer:
 
 def now_ns() -> int:
     return time.time_ns()
-
-
-class RequestIdentity:
-    """Pure ASGI: gives each HTTP request its id (and server span), and puts `x-request-id` on its response."""
-
-    def __init__(self, app: ASGIApp, tracer: Tracer) -> None:
-        self.app = app
-        self.tracer = tracer
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        given = next((v for k, v in scope["headers"] if k == REQUEST_ID_HEADER), b"")
-        rid = given.decode("ascii") if _VALID_ID.fullmatch(given) else uuid.uuid4().hex
-        token = request_id.set(rid)
-        status = 500
-
-        async def identified_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message["headers"] = [*message.get("headers", []), (REQUEST_ID_HEADER, rid.encode())]
-            await send(message)
-
-        try:
-            with self.tracer.server_span(scope, rid) as span:
-                try:
-                    await self.app(scope, receive, identified_send)
-                finally:
-                    if span is not None:
-                        route = getattr(scope.get("route"), "path", None)
-                        span.set_attribute("http.response.status_code", status)
-                        if route:
-                            span.set_attribute("http.route", route)
-        finally:
-            request_id.reset(token)

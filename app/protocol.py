@@ -52,10 +52,16 @@ from app.metrics import Metrics
 log = logging.getLogger(__name__)
 
 DRAIN_READ_S = 1.0  # at shutdown: how long a body, or a connection between requests, is still read
+# After an error answer the connection is half-closed and what the client still sends is read and dropped for up to
+# LINGER_S (or LINGER_BYTES), then closed: closing a socket with unread bytes makes the kernel send a reset, which can
+# destroy the answer before the client reads it (seen: drain 503s lost to requests whose body was still arriving).
+LINGER_S = 2.0
+LINGER_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
 class ConnectionLimits:
+    max_body_bytes: int
     max_connections: int
     max_connections_per_client: int
     header_timeout_s: float
@@ -97,9 +103,10 @@ class FramingGuard(h11.Connection):
     """h11, plus the framing rules it leaves to the server; a breach raises h11's RemoteProtocolError (uvicorn then
     calls send_400_response), with the domain error kept in `refusal`."""
 
-    def __init__(self, max_chunks: int, max_header_bytes: int) -> None:
+    def __init__(self, max_chunks: int, max_header_bytes: int, max_body_bytes: int) -> None:
         super().__init__(h11.SERVER, max_incomplete_event_size=max_header_bytes)
         self.max_chunks = max_chunks
+        self.max_body_bytes = max_body_bytes
         self.refusal: errors.ServiceError | None = None
         self._chunked = False
         self._events = 0
@@ -113,14 +120,17 @@ class FramingGuard(h11.Connection):
                 self._refuse("Content-Length with Transfer-Encoding: ambiguous framing (RFC 9112, 6.1)")
             if self._chunked and event.http_version == b"1.0":
                 self._refuse("Transfer-Encoding in an HTTP/1.0 request (RFC 9112, 6.1)")
+            declared = next((value for name, value in event.headers if name == b"content-length"), b"0")
+            if int(declared) > self.max_body_bytes:  # h11 checked it is a number; refused before a byte of the body is read
+                self._refuse(f"request body of {int(declared)} bytes exceeds the limit of {self.max_body_bytes}", errors.PayloadTooLarge)
         elif self._chunked and isinstance(event, h11.Data):
             self._events += 1
             if self._events > self.max_chunks:
                 self._refuse(f"request body in more than {self.max_chunks} chunks: send larger chunks, or a Content-Length")
         return event
 
-    def _refuse(self, message: str) -> None:
-        self.refusal = errors.BadRequest(message)
+    def _refuse(self, message: str, kind: type[errors.ServiceError] = errors.BadRequest) -> None:
+        self.refusal = kind(message)
         raise h11.RemoteProtocolError(message)
 
 
@@ -136,7 +146,7 @@ class GuardedH11Protocol(H11Protocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.conn = FramingGuard(self.limits.max_body_chunks, self.limits.max_header_bytes)
+        self.conn = FramingGuard(self.limits.max_body_chunks, self.limits.max_header_bytes, self.limits.max_body_bytes)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_reason = ""
         self._received_any = False
@@ -149,6 +159,7 @@ class GuardedH11Protocol(H11Protocol):
         self._body_started = 0.0
         self._body_bytes = 0
         self._body_deadline = 0.0
+        self._linger_left = -1  # bytes still to read and drop before closing; -1: not lingering
 
     # ---- connection ---------------------------------------------------------------------------------------
 
@@ -174,7 +185,7 @@ class GuardedH11Protocol(H11Protocol):
     def _refuse(self, exc: errors.ServiceError, reason: str) -> None:
         self._refused = True
         self.connections.discard(self)
-        self._close_with(exc, reason)
+        self._close_with(exc, reason, linger=False)  # over a limit: its slot is not held any longer
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -194,6 +205,9 @@ class GuardedH11Protocol(H11Protocol):
 
     def eof_received(self) -> None:
         self._peer_left = True  # the client closed its side: what it leaves unanswered is its choice
+        if self._linger_left >= 0:
+            self.transport.close()
+            return
         super().eof_received()
 
     def _unanswered(self) -> bool:
@@ -202,8 +216,13 @@ class GuardedH11Protocol(H11Protocol):
         return self._request_bytes > 0 and not answering
 
     def data_received(self, data: bytes) -> None:
+        if self._linger_left >= 0:  # answered and half-closed: read and drop, never parse (e.g. the body after a 413)
+            self._linger_left -= len(data)
+            if self._linger_left < 0:
+                self.transport.close()
+            return
         if self._refused or self.transport.is_closing():
-            return  # e.g. the rest of a body after a 413: never parsed as a next request
+            return
         self._received_any = True
         between = self._waiting_for_headers and (self.cycle is None or self.cycle.response_complete)
         self._request_bytes += len(data)
@@ -234,7 +253,9 @@ class GuardedH11Protocol(H11Protocol):
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn answers malformed HTTP in text/plain; here it is the one JSON shape, 431 for oversized headers."""
-        if self.conn.refusal is not None:
+        if isinstance(self.conn.refusal, errors.PayloadTooLarge):
+            self._close_with(self.conn.refusal, "body_too_large")
+        elif self.conn.refusal is not None:
             self._close_with(self.conn.refusal, "framing")
         elif self.conn.their_state is h11.ERROR and len(self.conn.trailing_data[0]) >= self.limits.max_header_bytes:
             self._headers_too_large()
@@ -251,8 +272,8 @@ class GuardedH11Protocol(H11Protocol):
         if self.drain.active and not self.transport.is_closing():
             if buffered:  # a request pipelined behind the one just answered
                 self._close_with(errors.ShuttingDown("the server is shutting down; retry on another instance"), "draining")
-            else:
-                self.transport.close()
+            else:  # answered without Connection: close (it began before the drain): a next request may be on its way
+                self._arm(DRAIN_READ_S, "drain")
             return
         self._pipelined = self._pipelined + 1 if buffered else 0
         if self._pipelined > self.limits.max_pipelined:
@@ -284,7 +305,9 @@ class GuardedH11Protocol(H11Protocol):
             self._body_deadline = min(self._body_deadline, time.monotonic() + DRAIN_READ_S)
             self._arm(max(0.0, min(1.0, self._body_deadline - time.monotonic())), "body")
         elif self.cycle is not None and not self.cycle.response_complete:
-            self.cycle.keep_alive = False  # a handler is running: its answer goes out, then the connection closes
+            if not self.cycle.response_started:  # its answer will say Connection: close (DrainNotice), then the connection closes
+                self.cycle.keep_alive = False
+            # else: an answer already under way without that header; on_response_complete reads on for a moment
         elif self._request_bytes:  # part of a next request's headers: answer it now
             self._close_with(errors.ShuttingDown("the server is shutting down; retry on another instance"), "draining")
         elif self._timer_reason != "drain":
@@ -319,6 +342,8 @@ class GuardedH11Protocol(H11Protocol):
             self._check_body()
         elif reason == "drain":
             self.metrics.connections_closed.labels(reason="draining").inc()
+            self.transport.close()
+        elif reason == "linger":
             self.transport.close()
         elif not self._received_any:
             self.metrics.connections_closed.labels(reason="idle").inc()
@@ -355,16 +380,26 @@ class GuardedH11Protocol(H11Protocol):
         started = cycle is not None and cycle.response_started
         self._close_with(exc, reason, respond=not started)
 
-    def _close_with(self, exc: errors.ServiceError, reason: str, *, respond: bool = True) -> None:
+    def _close_with(self, exc: errors.ServiceError, reason: str, *, respond: bool = True, linger: bool = True) -> None:
+        """Answer `exc` (unless a response already began), then end the connection: half-close and linger (see
+        LINGER_S) so the answer is not lost to a reset, or close at once when `linger` is False."""
         self._disarm()
         self.metrics.connections_closed.labels(reason=reason).inc()
         self.metrics.errors.labels(error_type=kind_of(exc).error_type).inc()
-        if respond and not self.transport.is_closing():
-            self.transport.write(raw_error(exc))
-            self._request_bytes = 0  # answered
-            if isinstance(exc, errors.ShuttingDown):
-                self.drain.refused += 1
-        self.transport.close()
+        if not respond or self.transport.is_closing():
+            self.transport.close()
+            return
+        self.transport.write(raw_error(exc))
+        self._request_bytes = 0  # answered
+        if isinstance(exc, errors.ShuttingDown):
+            self.drain.refused += 1
+        if not linger or not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        self.transport.write_eof()
+        self._linger_left = LINGER_BYTES
+        self.flow.resume_reading()
+        self._arm(LINGER_S, "linger")
 
 
 class DrainingServer(uvicorn.Server):
@@ -379,32 +414,38 @@ class DrainingServer(uvicorn.Server):
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         self.drain.started_at = time.monotonic()
-        adopted = await self._adopt_backlog()
-        await super().shutdown(sockets)
-        log.info(
-            "drain: %d connection(s) taken from the backlog, %d request(s) answered 503 shutting_down, "
-            "%d accepted request(s) left unanswered",
-            adopted,
-            self.drain.refused,
-            self.drain.unanswered,
-        )
-
-    async def _adopt_backlog(self) -> int:
-        """Accept every connection the kernel completed but uvicorn has not accepted yet (closing the listener would
-        reset them, requests and all)."""
+        # Accept what the kernel has queued and stop listening in one synchronous step: a connection queued after
+        # the last accept and before the close would be reset with its request; one arriving later is refused.
+        pending = self._accept_backlog()
+        for server in self.servers:
+            server.close()
+        for listener in self._listeners:
+            listener.close()  # the event loop may listen on a duplicate of it: both must close now, not after the awaits
         loop = asyncio.get_running_loop()
         factory = functools.partial(
             self.config.http_protocol_class, config=self.config, server_state=self.server_state, app_state=self.lifespan.state
         )
-        adopted = 0
+        for conn in pending:
+            await loop.connect_accepted_socket(factory, conn)
+        await super().shutdown(sockets)
+        log.info(
+            "drain: %d connection(s) taken from the backlog, %d request(s) answered 503 shutting_down, "
+            "%d accepted request(s) left unanswered",
+            len(pending),
+            self.drain.refused,
+            self.drain.unanswered,
+        )
+
+    def _accept_backlog(self) -> list[socket.socket]:
+        """Every connection the kernel completed but uvicorn has not accepted yet (closing the listener would reset them)."""
+        accepted: list[socket.socket] = []
         for listener in self._listeners:
             listener.setblocking(False)
-            while adopted < 10_000:  # bounded: the backlog holds at most its configured length
+            while len(accepted) < 10_000:  # bounded: the backlog holds at most its configured length
                 try:
                     conn, _ = listener.accept()
                 except (BlockingIOError, InterruptedError, OSError):
                     break
                 conn.setblocking(False)
-                await loop.connect_accepted_socket(factory, conn)
-                adopted += 1
-        return adopted
+                accepted.append(conn)
+        return accepted

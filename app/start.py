@@ -23,7 +23,7 @@ def open_runtime(settings: Settings) -> Runtime:
     """Configure this process, choose the runnable artifact for `settings.artifact_dir`, load it (UserError if none)."""
     applied = configure_process(threads=settings.torch_threads, quantized_engine=settings.quantized_engine)
     choice = choose_artifact(settings.artifact_dir)
-    log.info("serving %s: %s", choice.folder, choice.reason)
+    log.log(logging.WARNING if choice.fallback else logging.INFO, "serving %s: %s", choice.folder, choice.reason)
     runtime = Runtime.load(choice.folder, padding=settings.padding)
     log.info(
         "process: %d torch thread(s) per worker, quantized engine %s, simple executor, malloc tuned: %s",

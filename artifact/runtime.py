@@ -47,10 +47,11 @@ def check_runnable(manifest: Manifest) -> None:
 
 @dataclass(frozen=True)
 class Choice:
-    """The artifact folder to serve, and why it was chosen (one log line)."""
+    """The artifact folder to serve, and why it was chosen (one log line); `fallback` when it is not what was asked."""
 
     folder: Path
     reason: str
+    fallback: bool = False
 
 
 def choose_artifact(path: Path) -> Choice:
@@ -86,7 +87,7 @@ def choose_artifact(path: Path) -> Choice:
             skipped.append(str(exc))
             continue
         why = f"{refusal}; serving {manifest.variant} from {folder.name}/ instead" if refusal else f"best variant this host runs in {path}"
-        return Choice(folder, why + (f" (skipped: {'; '.join(skipped)})" if skipped and not refusal else ""))
+        return Choice(folder, why + (f" (skipped: {'; '.join(skipped)})" if skipped and not refusal else ""), fallback=refusal is not None)
     if refusal is not None:
         raise refusal
     raise KernelUnsupported(f"no variant in {path} can run here: {'; '.join(skipped)}")

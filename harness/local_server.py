@@ -36,15 +36,26 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(artifact: Path, *, ready_timeout: float = 120, env: dict[str, str] | None = None, **settings: str) -> LocalServer:
-    """Spawn the service for `artifact` with PARASERVE_<KEY>=value settings (and `env` added) and wait until it is ready."""
+def start_server(
+    artifact: Path, *, ready_timeout: float = 120, env: dict[str, str] | None = None, log_file: Path | None = None, **settings: str
+) -> LocalServer:
+    """Spawn the service for `artifact` with PARASERVE_<KEY>=value settings (and `env` added) and wait until it is ready.
+
+    `log_file`: the server's stderr (its log) goes there instead of this process's stderr.
+    """
     port = free_port()
     env = dict(os.environ, **(env or {}), PARASERVE_ARTIFACT_DIR=str(artifact), PARASERVE_HOST="127.0.0.1", PARASERVE_PORT=str(port))
     env.setdefault("PARASERVE_LOG_LEVEL", "warning")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.setdefault("OMP_NUM_THREADS", "1")
     env.update({f"PARASERVE_{k.upper()}": str(v) for k, v in settings.items()})
-    server = LocalServer(subprocess.Popen([sys.executable, "-m", "app"], env=env), f"http://127.0.0.1:{port}")
+    stderr = log_file.open("ab") if log_file is not None else None
+    try:
+        process = subprocess.Popen([sys.executable, "-m", "app"], env=env, stderr=stderr)
+    finally:
+        if stderr is not None:
+            stderr.close()  # the child holds its own descriptor
+    server = LocalServer(process, f"http://127.0.0.1:{port}")
     try:
         wait_ready(server.url, ready_timeout, server.process)
     except TimeoutError:

@@ -1,8 +1,10 @@
 """paraserve as a Ray Serve application: the same FastAPI app (routes, errors, limits, batcher) in every replica.
 
-Each replica runs `app.main.create_app` as its ASGI ingress, so POST /predict, the v2 routes, /healthz, /readyz,
-/model and /metrics behave exactly as in `python -m app`; Ray Serve runs the app's lifespan in the replica (load,
-verify, warm up, drain). One single-threaded model worker per replica (`num_cpus: 1`), batching per replica;
+Each replica runs `app.main.create_app` as its ASGI ingress (deploy/ray/replica.py), and Ray Serve runs the app's
+lifespan in the replica: the same start as `python -m app` (app.start: process settings, the artifact this host can
+run, warm-up), the same routes, errors, limits, batching and metrics. What Ray's proxy does instead of paraserve's
+connection guards (app/protocol.py) is Ray's: timeouts and connection limits are its settings (config.yaml).
+One single-threaded model worker per replica (`num_cpus: 1`), batching per replica;
 Ray Serve's proxy spreads requests over the replicas and its autoscaler adds or removes them on ongoing requests
 per replica (a queue-depth signal): see config.yaml. Ray's own replica metrics (ray_serve_*) are exported on each
 node's metrics port for Prometheus.
@@ -17,15 +19,12 @@ from typing import Any
 
 from ray import serve
 
-from app.config import Settings
-from app.main import create_app
-from app.service import State
+from deploy.ray.replica import replica_app, replica_settings, worker_died
 
 
 def build(args: dict[str, Any]) -> Any:
     """Ray Serve application builder: `args` may set `artifact_dir` and any other paraserve setting by name."""
-    values = {"workers": 1, "torch_threads": 1, **args}  # one CPU per replica (ray_actor_options.num_cpus)
-    Settings(**values)  # a bad setting fails `serve deploy` here, in one message, not in every replica
+    values = replica_settings(args)  # a bad setting fails `serve deploy` here, in one message, not in every replica
 
     @serve.deployment
     @serve.ingress()  # the app is built in each replica (a FastAPI object does not pickle)
@@ -36,12 +35,11 @@ def build(args: dict[str, Any]) -> Any:
             self._app: Any = None
 
         def __serve_build_asgi_app__(self) -> Any:
-            # A dead model worker makes check_health fail and Ray Serve replaces the replica (no SIGTERM to itself).
-            self._app = create_app(Settings(**self._settings), stop_server=lambda: None)
+            self._app = replica_app(self._settings)
             return self._app
 
         def check_health(self) -> None:
-            if self._app is not None and self._app.state.service.state is State.DEAD:
+            if worker_died(self._app):
                 raise RuntimeError("the model worker died")
 
     return Paraserve.bind(values)

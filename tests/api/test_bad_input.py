@@ -47,8 +47,14 @@ def test_schema_violations_are_422(client: TestClient, payload, fragment: str):
     assert fragment in r.json()["error"]
 
 
-def test_a_100k_character_sentence_is_rejected_quickly(client: TestClient):
+def test_a_100k_character_sentence_is_rejected_before_tokenization(client: TestClient):
+    def tokenized() -> float:
+        text = client.get("/metrics").text
+        return next(float(line.split()[-1]) for line in text.splitlines() if line.startswith("paraserve_tokenize_duration_seconds_count"))
+
+    before = tokenized()
     expect(client.post("/predict", json={"pairs": [{"sentence1": "word " * 20000, "sentence2": "b"}]}), 422, "validation")
+    assert tokenized() == before  # refused by its length: the tokenizer never read it
 
 
 def test_ten_thousand_pairs_are_rejected(client: TestClient):

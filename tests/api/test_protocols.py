@@ -41,21 +41,25 @@ def test_tritonclient_speaks_to_paraserve(server: str):
     import tritonclient.http as triton
 
     client = triton.InferenceServerClient(server.removeprefix("http://"))
-    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("tiny")
-    assert not client.is_model_ready("other")
-    metadata = client.get_model_metadata("tiny")
-    assert [i["name"] for i in metadata["inputs"]] == ["text_a", "text_b"] and metadata["inputs"][0]["datatype"] == "BYTES"
-    for binary in (True, False):  # tritonclient's default is the binary tensor extension
-        inputs = []
-        for name, column in (("text_a", [a for a, _ in PAIRS]), ("text_b", [b for _, b in PAIRS])):
-            tensor = triton.InferInput(name, [len(PAIRS)], "BYTES")
-            tensor.set_data_from_numpy(np.array([s.encode() for s in column], dtype=object), binary_data=binary)
-            inputs.append(tensor)
-        result = client.infer(
-            "tiny", inputs, request_id=f"triton-{binary}", outputs=[triton.InferRequestedOutput("score", binary_data=False)]
-        )
-        assert result.get_response()["id"] == f"triton-{binary}"
-        assert result.as_numpy("score").tolist() == pytest.approx(predict_scores(httpx.Client(), server), abs=0)
+    try:
+        assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("tiny")
+        assert not client.is_model_ready("other")
+        metadata = client.get_model_metadata("tiny")
+        assert [i["name"] for i in metadata["inputs"]] == ["text_a", "text_b"] and metadata["inputs"][0]["datatype"] == "BYTES"
+        for binary in (True, False):  # tritonclient's default is the binary tensor extension
+            inputs = []
+            for name, column in (("text_a", [a for a, _ in PAIRS]), ("text_b", [b for _, b in PAIRS])):
+                tensor = triton.InferInput(name, [len(PAIRS)], "BYTES")
+                tensor.set_data_from_numpy(np.array([s.encode() for s in column], dtype=object), binary_data=binary)
+                inputs.append(tensor)
+            result = client.infer(
+                "tiny", inputs, request_id=f"triton-{binary}", outputs=[triton.InferRequestedOutput("score", binary_data=False)]
+            )
+            assert result.get_response()["id"] == f"triton-{binary}"
+            with httpx.Client() as http:
+                assert result.as_numpy("score").tolist() == pytest.approx(predict_scores(http, server), abs=0)
+    finally:
+        client.close()
 
 
 @pytest.mark.slow
@@ -79,7 +83,8 @@ def test_kserve_rest_client_speaks_to_paraserve(server: str):
 
     live, ready, scores, rid = asyncio.run(scenario())
     assert live and ready and rid == "kserve-1"
-    assert scores == predict_scores(httpx.Client(), server)
+    with httpx.Client() as http:
+        assert scores == predict_scores(http, server)
 
 
 def test_v2_probabilities_labels_and_errors(client: TestClient):
@@ -143,7 +148,7 @@ def test_predict_returns_probabilities_logits_tokens_truncation_and_a_threshold(
         assert client.post("/predict", json={**body, "threshold": threshold}).status_code == 422
 
 
-def test_request_ids_are_echoed_or_made_and_name_every_log_line(client: TestClient, caplog: pytest.LogCaptureFixture):
+def test_request_ids_are_echoed_or_made_and_name_every_log_line_of_their_request(client: TestClient, caplog: pytest.LogCaptureFixture):
     from app.observability import RequestIdFilter
 
     given = client.get("/healthz", headers={"x-request-id": "trace-me-1"})
@@ -153,7 +158,17 @@ def test_request_ids_are_echoed_or_made_and_name_every_log_line(client: TestClie
     hostile = client.get("/healthz", headers={"x-request-id": "bad id\twith spaces" + "x" * 200})
     assert hostile.headers["x-request-id"] != "bad id\twith spaces" and len(hostile.headers["x-request-id"]) == 32
     caplog.handler.addFilter(RequestIdFilter())
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.DEBUG):
+        caplog.clear()
+        for rid, (path, body) in {
+            "req-a": ("/predict", {"pairs": []}),
+            "req-b": ("/v2/models/tiny/infer", {"inputs": []}),
+            "req-c": ("/v2/models/other/infer", {"inputs": []}),
+        }.items():
+            client.post(path, json=body, headers={"x-request-id": rid})
+            lines = [r for r in caplog.records if r.name.startswith("app.")]
+            assert lines and all(r.request_id == rid for r in lines), [(r.name, r.getMessage(), r.request_id) for r in lines]
+            caplog.clear()
         logging.getLogger("app.test").info("outside any request")
         assert caplog.records[-1].request_id is None
 
@@ -185,10 +200,28 @@ def test_a_traceparent_links_the_requests_spans_to_the_callers_trace(int8_dir: P
     assert spans["tokenize"].parent.span_id == spans["POST /predict"].context.span_id
 
 
+OFF = """
+import sys
+from pathlib import Path
+from app.config import Settings
+from app.main import create_app
+from app.observability import Tracer
+app = create_app(Settings(artifact_dir=Path("unused")))
+assert Tracer.from_environment().enabled is False
+print(sorted(m for m in sys.modules if m.startswith(("opentelemetry.sdk", "opentelemetry.exporter"))))
+"""
+
+
 def test_tracing_is_off_and_imports_nothing_without_an_exporter(monkeypatch: pytest.MonkeyPatch):
+    import subprocess
+    import sys
+
     for name in ("OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
         monkeypatch.delenv(name, raising=False)
-    assert Tracer.from_environment().enabled is False
+    imported = subprocess.run([sys.executable, "-c", OFF], capture_output=True, text=True, timeout=60, check=True).stdout.strip()
+    # A fresh process: the app made and tracing asked for, and no OpenTelemetry SDK or exporter loaded. (FastAPI itself
+    # imports the OpenTelemetry *API* when it is installed, for its own optional instrumentation; that is not ours.)
+    assert imported == "[]"
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
     assert Tracer.from_environment().enabled is True
 

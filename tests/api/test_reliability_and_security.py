@@ -17,6 +17,7 @@ from app.errors import ClientClosed
 from app.main import create_app
 from app.metrics import Metrics
 from app.service import PredictionService
+from harness.local_server import free_port
 from tests.api.conftest import GatedRuntime, settings_for
 
 PAIR = {"sentence1": "a cat", "sentence2": "a dog"}
@@ -49,7 +50,7 @@ def test_metrics_can_be_protected_too(int8_dir: Path, runtime: GatedRuntime):
 
 
 def _run_app(artifact: Path) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PARASERVE_ARTIFACT_DIR=str(artifact), PARASERVE_PORT="1")
+    env = dict(os.environ, PARASERVE_ARTIFACT_DIR=str(artifact), PARASERVE_PORT=str(free_port()))  # a port anyone may bind
     return subprocess.run([sys.executable, "-m", "app"], env=env, capture_output=True, text=True, timeout=60)
 
 

@@ -6,24 +6,49 @@ from pathlib import Path
 
 import pytest
 
-from artifact.runtime import Runtime
 from model_build.cli import main
 from model_build.evaluate import evaluate_artifacts, render_table
 from model_build.mrpc import load_split
-from model_build.scoring import f1_accuracy
 from tests.conftest import MRPC_HEADER, write_mrpc
 
 
-def test_evaluate_scores_through_the_runtime_exactly(tiny_artifacts: Path, mrpc_dir: Path):
-    results = evaluate_artifacts([tiny_artifacts / "fp32", tiny_artifacts / "int8"], mrpc_dir)
+def hand_f1(labels: list[int], predicted: list[int]) -> tuple[float, float]:
+    """F1 of the paraphrase class and accuracy, counted here by hand (not by model_build.scoring, which is under test)."""
+    tp = sum(1 for y, p in zip(labels, predicted, strict=True) if y == p == 1)
+    fp = sum(1 for y, p in zip(labels, predicted, strict=True) if y == 0 and p == 1)
+    fn = sum(1 for y, p in zip(labels, predicted, strict=True) if y == 1 and p == 0)
+    right = sum(1 for y, p in zip(labels, predicted, strict=True) if y == p)
+    return (2 * tp / (2 * tp + fp + fn) if tp else 0.0), right / len(labels)
+
+
+def test_evaluate_scores_fp32_as_the_checkpoint_itself_does(tiny_checkpoint: Path, tiny_artifacts: Path, mrpc_dir: Path):
+    """The expected figures come from the Hugging Face checkpoint run directly (transformers, not the artifact or
+    the runtime under test), labelled and counted by hand."""
+    import torch
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    (row,) = evaluate_artifacts([tiny_artifacts / "fp32"], mrpc_dir)
     pairs = load_split(mrpc_dir, "dev")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint)
+    model = BertForSequenceClassification.from_pretrained(tiny_checkpoint, return_dict=False).eval()
+    encoded = tokenizer(
+        [p.sentence1 for p in pairs], [p.sentence2 for p in pairs], padding=True, truncation=True, max_length=128, return_tensors="pt"
+    )
+    with torch.inference_mode():
+        (logits,) = model(**encoded)
+    predicted = [int(i) for i in logits.argmax(-1)]  # argmax of two logits: P(paraphrase) >= 0.5, ties aside
+    f1, accuracy = hand_f1([p.label for p in pairs], predicted)
+    assert row["variant"] == "fp32" and row["pairs"] == 20 and row["batches"] == 3
+    assert row["f1"] == pytest.approx(f1) and row["accuracy"] == pytest.approx(accuracy)
+    assert row["model_bytes"] == (tiny_artifacts / "fp32" / "model.pt").stat().st_size
+
+
+def test_evaluate_reports_the_figures_of_its_own_scores(tiny_artifacts: Path, mrpc_dir: Path):
+    results = evaluate_artifacts([tiny_artifacts / "fp32", tiny_artifacts / "int8"], mrpc_dir)
+    labels = [p.label for p in load_split(mrpc_dir, "dev")]
     for row, variant in zip(results, ("fp32", "int8"), strict=True):
-        scores = Runtime.load(tiny_artifacts / variant).predict([(p.sentence1, p.sentence2) for p in pairs])
-        expected = f1_accuracy([p.label for p in pairs], [int(s >= 0.5) for s in scores])
-        assert row["variant"] == variant
-        assert row["f1"] == pytest.approx(expected["f1"]) and row["accuracy"] == pytest.approx(expected["accuracy"])
-        assert row["pairs"] == 20 and row["batches"] == 3
-        assert row["model_bytes"] == (tiny_artifacts / variant / "model.pt").stat().st_size
+        f1, accuracy = hand_f1(labels, [int(s >= 0.5) for s in row["scores"]])
+        assert row["variant"] == variant and row["f1"] == pytest.approx(f1) and row["accuracy"] == pytest.approx(accuracy)
     table = render_table(results)
     assert "fp32" in table and "int8" in table and "0.901" in table  # the tutorial's figure beside ours
 

@@ -346,3 +346,47 @@ def test_drain_waits_for_every_workers_batch():
 
     drained, scores = asyncio.run(scenario())
     assert drained and scores == [0.01] * 8 + [0.02] * 8 + [0.03] * 4
+
+
+def test_a_client_over_its_share_cannot_take_the_reserve_while_another_client_can():
+    """Fair admission: capacity 32, reserve 8. Client A fills 24 pairs freely; past that it is over its share (32 / 2
+    active clients = 16) and refused; client B, within its share, still gets the reserve."""
+
+    async def scenario():
+        model = FakeModel()
+        model.gate.clear()
+        batcher = Batcher(model.forward, batch_size=8, max_wait_s=0.0, capacity=32, reserve=8)
+        batcher.start()
+        running = batcher.submit([1.0] * 8, client="a")  # taken into a batch, held at the gate
+        while not model.batches and batcher.depth:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        queued = batcher.submit([1.0] * 16, client="a")  # 16 queued: under capacity - reserve, admitted without a share check
+        batcher.submit([2.0], client="b")  # b is seen: two active clients now
+        with pytest.raises(Overloaded, match="over its share of 16"):
+            batcher.submit([1.0] * 8, client="a")  # would reach 25 of 32: into the reserve, and a would hold 24 > 16
+        admitted_b = batcher.submit([2.0] * 15, client="b")  # b holds 16 <= 16: the reserve is for it, up to the capacity
+        with pytest.raises(Overloaded, match="queue full"):
+            batcher.submit([3.0], client="c")  # the capacity itself still holds for everyone
+        model.gate.set()
+        await asyncio.gather(*running, *queued, *admitted_b)
+        await batcher.drain(1)
+        return batcher._held
+
+    assert asyncio.run(scenario()) == {}  # every row released its client's hold
+
+
+def test_with_one_client_the_whole_queue_is_its_share():
+    async def scenario():
+        model = FakeModel()
+        model.gate.clear()
+        batcher = Batcher(model.forward, batch_size=8, max_wait_s=0.0, capacity=16, reserve=8)
+        batcher.start()
+        first = batcher.submit([1.0] * 8, client="a")
+        await asyncio.sleep(0.05)  # taken into a batch
+        rest = batcher.submit([1.0] * 16, client="a")  # alone, a may fill the queue, reserve included
+        model.gate.set()
+        await asyncio.gather(*first, *rest)
+        await batcher.drain(1)
+
+    asyncio.run(scenario())

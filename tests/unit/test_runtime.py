@@ -11,6 +11,7 @@ import pytest
 
 from artifact.encoding import EncodedPair
 from artifact.errors import ArtifactError
+from artifact.kernels import int8_kernel_exact
 from artifact.runtime import Runtime, configure_process
 from model_build.parity_pairs import PARITY_PAIRS
 
@@ -101,8 +102,15 @@ def with_int8_widths(source: Path, copy: Path, *, weight_bits: int) -> Path:
     return copy
 
 
+@pytest.mark.skipif(not int8_kernel_exact(), reason="this host's int8 kernel is AVX2: it cannot run 8 x 8")
+def test_a_vnni_host_runs_an_8x8_artifact_as_built(tiny_artifacts: Path, tmp_path: Path):
+    from artifact.runtime import choose_artifact
+
+    vnni_only = with_int8_widths(tiny_artifacts / "int8-calibrated", tmp_path / "int8-calibrated", weight_bits=8)
+    assert choose_artifact(vnni_only).folder == vnni_only and not choose_artifact(vnni_only).fallback
+
+
 def test_an_artifacts_root_serves_the_best_variant_this_host_runs(tiny_artifacts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    from artifact.kernels import int8_kernel_exact
     from artifact.runtime import choose_artifact
 
     assert choose_artifact(tiny_artifacts).folder == tiny_artifacts / "int8-calibrated"
@@ -111,9 +119,7 @@ def test_an_artifacts_root_serves_the_best_variant_this_host_runs(tiny_artifacts
     root.mkdir()
     vnni_only = with_int8_widths(tiny_artifacts / "int8-calibrated", root / "int8-calibrated", weight_bits=8)
     shutil.copytree(tiny_artifacts / "int8", root / "int8")
-    if int8_kernel_exact():
-        assert choose_artifact(vnni_only).folder == vnni_only  # a VNNI host runs it as built
-    monkeypatch.setattr("artifact.kernels.int8_kernel_exact", lambda: False)
+    monkeypatch.setattr("artifact.kernels.int8_kernel_exact", lambda: False)  # an AVX2-only CPU, whatever this host is
     for given in (root, vnni_only):
         choice = choose_artifact(given)
         assert choice.folder == root / "int8", choice

@@ -1,0 +1,33 @@
+"""What one Ray Serve replica runs, without Ray: the settings it serves with and its ASGI app.
+
+Kept apart from paraserve_ray.py (which needs Ray) so the test suite can start a replica's app exactly as Ray does,
+lifespan and all, and check that it serves what `python -m app` serves on the same host (the AVX2 fallback included).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+
+from app.config import Settings
+from app.main import create_app
+from app.service import State
+
+
+def replica_settings(args: dict[str, Any]) -> dict[str, Any]:
+    """The config's `args` over one CPU per replica (ray_actor_options.num_cpus: 1); a bad setting raises here."""
+    values = {"workers": 1, "torch_threads": 1, **args}
+    Settings(**values)
+    return values
+
+
+def replica_app(values: dict[str, Any]) -> FastAPI:
+    """The replica's app: create_app, whose lifespan (run by Ray Serve in the replica) loads through app.start, as every
+    launcher does. A dead model worker does not stop the process: `worker_died` tells check_health, and Ray replaces it."""
+    return create_app(Settings(**values), stop_server=lambda: None)
+
+
+def worker_died(app: FastAPI | None) -> bool:
+    """Whether this replica's model worker died (Ray Serve's check_health then fails and the replica is replaced)."""
+    return app is not None and app.state.service.state is State.DEAD
