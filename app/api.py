@@ -100,6 +100,8 @@ def build_router(settings: Settings) -> APIRouter:
         return ModelInfo(
             name=rt.name,
             variant=rt.variant,
+            engine=rt.engine_name,
+            selection=rt.selection,
             sha256=rt.sha256,
             model_bytes=rt.model_bytes,
             trace_shape={"batch_size": rt.batch_size, "seq_len": rt.seq_len},

@@ -17,11 +17,23 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PARASERVE_", extra="ignore")
 
     artifact_dir: Path = Field(
-        Path("model-cache/default/artifacts/int8-calibrated"),
-        description="Artifact folder (model.pt, tokenizer, manifest.json) built by `python -m model_build build`.",
+        Path("model-cache/default/artifacts"),
+        description="An artifacts root (the best variant this host runs serves) or one variant folder, built by "
+        "`python -m model_build build`.",
+    )
+    engine: Literal["auto", "torchscript", "openvino"] = Field(
+        "auto",
+        description="Which engine serves from an artifacts root: auto times int8-calibrated (TorchScript) against "
+        "openvino-int8 (OpenVINO) on this host at start-up and serves the faster; torchscript or openvino only that one.",
     )
     host: str = Field("127.0.0.1", description="Bind address; 0.0.0.0 only inside a container or behind a proxy.")
     port: int = Field(8000, ge=1, le=65535)
+    grpc_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Also serve the Open Inference Protocol v2 over gRPC on this port (same host, process and core); unset: off.",
+    )
     max_batch_wait_ms: float = Field(
         5.0,
         ge=0,

@@ -118,6 +118,8 @@ class ModelInfo(BaseModel):
 
     name: str
     variant: str
+    engine: str = Field(description="torchscript or openvino")
+    selection: str = Field(description="Why this artifact serves here: as configured, a fallback, or the engine race of `auto`")
     sha256: str
     model_bytes: int
     trace_shape: dict[str, int]

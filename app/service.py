@@ -59,6 +59,7 @@ class PredictionService:
         self.cpu: dict[str, str] = {}
         self.limits = PairLimits(settings.max_pairs_per_request, settings.max_sentence_chars)
         self._log_exception = ExceptionLog(log)
+        self._listeners: list[Callable[[State], None]] = []
         metrics.ready.set(0)
 
     @property
@@ -71,7 +72,7 @@ class PredictionService:
     def model(self) -> ModelId:
         """The loaded artifact, as every protocol names it."""
         rt = self.runtime
-        return ModelId(name=rt.name, version=rt.sha256[:12], variant=rt.variant, sha256=rt.sha256, engine="torchscript")
+        return ModelId(name=rt.name, version=rt.sha256[:12], variant=rt.variant, sha256=rt.sha256, engine=rt.engine_name)
 
     @property
     def batcher(self) -> Batcher[EncodedPair]:
@@ -82,6 +83,12 @@ class PredictionService:
     def _set_state(self, state: State) -> None:
         self.state = state
         self.metrics.ready.set(1 if state is State.READY else 0)
+        for listener in self._listeners:
+            listener(state)
+
+    def on_state_change(self, listener: Callable[[State], None]) -> None:
+        """Call `listener` with every new state (on the event loop): how gRPC's health service follows readiness."""
+        self._listeners.append(listener)
 
     # ---- lifecycle ------------------------------------------------------------------------------------
 
@@ -109,6 +116,7 @@ class PredictionService:
                 "sha256": runtime.sha256,
                 "torch_version": torch.__version__,
                 "trace_shape": f"{runtime.batch_size}x{runtime.seq_len}",
+                "engine": runtime.engine_name,
                 "int8_kernel": self.cpu["int8_kernel"],
                 "random_init": str(runtime.manifest.source.random_init).lower(),
             }

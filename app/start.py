@@ -12,19 +12,44 @@ Ray Serve proxy the server is theirs, with their own limits.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from app.config import Settings
+from artifact.engines import OPENVINO, TORCHSCRIPT
+from artifact.errors import ArtifactError
+from artifact.manifest import read_manifest
 from artifact.runtime import Runtime, choose_artifact, configure_process
 
 log = logging.getLogger(__name__)
 
 
 def open_runtime(settings: Settings) -> Runtime:
-    """Configure this process, choose the runnable artifact for `settings.artifact_dir`, load it (UserError if none)."""
+    """Configure this process, choose the runnable artifact for `settings.artifact_dir`, load it (UserError if none).
+
+    With `PARASERVE_ENGINE=auto` and both int8 engines in the folder (int8-calibrated on TorchScript, openvino-int8 on
+    OpenVINO), both are loaded and timed on this host (a full 8 x 64 batch, the shape the service runs under load),
+    and the faster one serves; one log line and GET /model (`selection`) say which and why. An OpenVINO artifact that
+    fails to load falls back to TorchScript with one warning line, as an AVX2 host falls back from 8 x 8 bits.
+    """
     applied = configure_process(threads=settings.torch_threads, quantized_engine=settings.quantized_engine)
-    choice = choose_artifact(settings.artifact_dir)
+    choice = choose_artifact(settings.artifact_dir, settings.engine)
     log.log(logging.WARNING if choice.fallback else logging.INFO, "serving %s: %s", choice.folder, choice.reason)
-    runtime = Runtime.load(choice.folder, padding=settings.padding)
+    runtime = _load(choice.folder, settings, fall_back=True)
+    runtime.selection = choice.reason
+    rivals = [r for r in choice.rivals if r != runtime.artifact_dir]  # none left when OpenVINO fell back to TorchScript
+    if rivals:
+        timed = {runtime: runtime.time_forward()}
+        for rival in rivals:
+            try:
+                other = _load(rival, settings, fall_back=False)
+            except ArtifactError as exc:
+                log.warning("engine auto: %s not timed: %s", rival.name, exc)
+                continue
+            timed[other] = other.time_forward()
+        runtime = min(timed, key=lambda r: timed[r])
+        figures = ", ".join(f"{r.variant} on {r.engine_name} {t * 1000:.1f} ms" for r, t in sorted(timed.items(), key=lambda kv: kv[1]))
+        runtime.selection = f"engine auto: the faster on this host per 8x64 batch (median of 7): {figures}"
+        log.info("%s; serving %s", runtime.selection, runtime.variant)
     log.info(
         "process: %d torch thread(s) per worker, quantized engine %s, simple executor, malloc tuned: %s",
         applied.threads,
@@ -32,3 +57,16 @@ def open_runtime(settings: Settings) -> Runtime:
         applied.malloc_tuned,
     )
     return runtime
+
+
+def _load(folder: Path, settings: Settings, *, fall_back: bool) -> Runtime:
+    """The artifact in `folder`; under `auto`, an OpenVINO artifact that fails to load (`fall_back`) gives way to the
+    TorchScript int8 artifact beside it, with one warning line."""
+    try:
+        return Runtime.load(folder, padding=settings.padding, workers=settings.workers, threads=settings.torch_threads)
+    except ArtifactError as exc:
+        if not fall_back or settings.engine != "auto" or read_manifest(folder).engine != OPENVINO:
+            raise
+        fallback = choose_artifact(folder.parent, TORCHSCRIPT)
+        log.warning("%s; serving %s from %s/ instead", exc, fallback.folder.name, fallback.folder.name)
+        return Runtime.load(fallback.folder, padding=settings.padding, workers=settings.workers, threads=settings.torch_threads)

@@ -25,7 +25,7 @@ FIXED_RANGE_OP = "quantized::linear_with_input_q_dq_qweight_dq_output_fp32"
 # The fbgemm packed weights the fixed-range op reads; onednn and qnnpack repack int8 weights into types it rejects.
 FIXED_RANGE_ENGINES = ("x86", "fbgemm")
 INT16_MAX = 32767
-SIMD_FLAGS = {"avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "amx_tile"}
+SIMD_FLAGS = {"avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16", "amx_tile"}
 
 
 def exact_on_saturating_kernels(activation_bits: int, weight_bits: int) -> bool:

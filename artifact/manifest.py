@@ -1,4 +1,5 @@
-"""The artifact format: model.pt + tokenizer files + manifest.json, the typed Manifest, and how to check one.
+"""The artifact format: a model file (model.pt, or model.xml + model.bin for OpenVINO) + tokenizer files +
+manifest.json, the typed Manifest, and how to check one.
 
 The build writes a Manifest, and every reader (runtime, inspect, evaluate, the service) reads the same frozen type:
 a missing or mistyped field, or another format version, is one ArtifactError that says to rebuild.
@@ -16,10 +17,12 @@ from typing import Any
 
 from artifact.errors import ArtifactError
 
+# 4: the engine an artifact needs (torchscript, openvino) and the digests of files beside the model file.
 # 3: typed manifest; int8 widths (`int8`), the build host's CPU, the source checkpoint by name (no host paths);
 #    int8-calibrated with 7-bit weights. 2: verified_shapes holds every (rows, columns) shape the build checked.
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 MODEL_FILE = "model.pt"
+OPENVINO_MODEL_FILE, OPENVINO_WEIGHTS_FILE = "model.xml", "model.bin"
 MANIFEST_FILE = "manifest.json"
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -32,6 +35,15 @@ class Variant(StrEnum):
     DEBUG = "debug"
     EAGER_INT8 = "eager-int8"
     INT8_CALIBRATED = "int8-calibrated"
+    OPENVINO_INT8 = "openvino-int8"
+
+
+@dataclass(frozen=True)
+class FileDigest:
+    """Size and sha256 of a file the model needs beside its model file (OpenVINO's weights)."""
+
+    bytes: int
+    sha256: str
 
 
 @dataclass(frozen=True)
@@ -98,6 +110,8 @@ class Manifest:
     model_file: str
     model_sha256: str
     model_bytes: int
+    engine: str  # artifact.engines: torchscript or openvino
+    extra_files: Mapping[str, FileDigest]
     tokenizer: TokenizerInfo
     source: Source
     int8: Int8Scheme | None
@@ -114,6 +128,11 @@ class Manifest:
     parity: Mapping[str, Any] = field(default_factory=dict)
     shape_parity: Mapping[str, Any] = field(default_factory=dict)
     op_counts: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def size_bytes(self) -> int:
+        """The model on disk: its model file and the files beside it (OpenVINO's weights)."""
+        return self.model_bytes + sum(d.bytes for d in self.extra_files.values())
 
     @property
     def is_batch_invariant(self) -> bool:
@@ -148,6 +167,8 @@ class Manifest:
                 model_file=_get(data, "model_file", str),
                 model_sha256=_get(data, "model_sha256", str),
                 model_bytes=_get(data, "model_bytes", int),
+                engine=_get(data, "engine", str),
+                extra_files={name: FileDigest(**d) for name, d in _get(data, "extra_files", dict).items()},
                 tokenizer=TokenizerInfo(**_get(data, "tokenizer", dict)),
                 source=Source(**_get(data, "source", dict)),
                 int8=_optional(data, "int8", Int8Scheme),
@@ -224,7 +245,7 @@ def read_manifest(artifact_dir: Path) -> Manifest:
 
 
 def verify_artifact(artifact_dir: Path) -> Manifest:
-    """Read the manifest and check model.pt's and the tokenizer's size and sha256 against it; return the manifest."""
+    """Read the manifest and check every model file's and the tokenizer's size and sha256 against it; return the manifest."""
     manifest = read_manifest(artifact_dir)
     model_path = artifact_dir / manifest.model_file
     try:
@@ -238,12 +259,20 @@ def verify_artifact(artifact_dir: Path) -> Manifest:
             raise ArtifactError(
                 f"{model_path} has sha256 {digest} but the manifest says {manifest.model_sha256}: refusing a modified model"
             )
+        for name, expected in manifest.extra_files.items():
+            path = artifact_dir / name
+            if not path.is_file() or path.stat().st_size != expected.bytes or sha256_file(path) != expected.sha256:
+                raise ArtifactError(f"{path} is missing or does not match the manifest's size and sha256: refusing a modified model")
         tokenizer_path = artifact_dir / manifest.tokenizer.file
         if not tokenizer_path.is_file() or sha256_file(tokenizer_path) != manifest.tokenizer.sha256:
             raise ArtifactError(f"{tokenizer_path} is missing or does not match the manifest's sha256")
     except OSError as exc:  # unreadable file (permissions, I/O error): one line, not a traceback
         raise ArtifactError(f"cannot read the artifact in {artifact_dir}: {exc.strerror or exc} ({exc.filename})") from exc
     return manifest
+
+
+def file_digest(path: Path) -> FileDigest:
+    return FileDigest(bytes=path.stat().st_size, sha256=sha256_file(path))
 
 
 def variant_folders(root: Path, order: Sequence[Variant]) -> list[Path]:

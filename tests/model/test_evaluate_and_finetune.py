@@ -157,9 +157,9 @@ def test_ensure_default_builds_once_then_reuses_and_rebuilds_a_tampered_cache(ti
 
     cache = tmp_path / "cache"
     first = ensure_default_artifacts(cache, tmp_path / "no-mrpc", model_dir=tiny_checkpoint)
-    assert {p.name for p in first.iterdir()} == {"fp32", "int8", "debug", "eager-int8"}  # nothing to calibrate on
+    assert {p.name for p in first.iterdir()} == {"fp32", "int8"}  # the served and compared variants; nothing to calibrate on
     assert ensure_default_artifacts(cache, mrpc_dir, model_dir=tiny_checkpoint) == first
-    assert (first / "int8-calibrated" / "manifest.json").is_file()  # MRPC now given: rebuilt with it
+    assert {p.name for p in first.iterdir()} == {"fp32", "int8", "int8-calibrated", "openvino-int8"}  # MRPC now given: rebuilt
     stamp = (first / "int8" / "manifest.json").stat().st_mtime_ns
     assert ensure_default_artifacts(cache, mrpc_dir, model_dir=tiny_checkpoint) == first
     assert (first / "int8" / "manifest.json").stat().st_mtime_ns == stamp  # reused, not rebuilt

@@ -39,7 +39,7 @@ def test_buckets_use_the_cheapest_verified_shape(tiny_artifacts: Path):
 def test_buckets_only_use_shapes_the_manifest_verified(tiny_artifacts: Path):
     rt = Runtime.load(tiny_artifacts / "int8", padding="buckets")
     manifest = dataclasses.replace(rt.manifest, verified_shapes=((8, 64), (8, 128)))
-    narrowed = Runtime(rt.artifact_dir, manifest, rt.module, "buckets")
+    narrowed = Runtime(rt.artifact_dir, manifest, rt.engine, "buckets")
     assert narrowed.shape_for([row(5)]) == (8, 64)
 
 
@@ -113,7 +113,7 @@ def test_a_vnni_host_runs_an_8x8_artifact_as_built(tiny_artifacts: Path, tmp_pat
 def test_an_artifacts_root_serves_the_best_variant_this_host_runs(tiny_artifacts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     from artifact.runtime import choose_artifact
 
-    assert choose_artifact(tiny_artifacts).folder == tiny_artifacts / "int8-calibrated"
+    assert choose_artifact(tiny_artifacts, "torchscript").folder == tiny_artifacts / "int8-calibrated"  # (auto: tests/unit/test_engines.py)
     assert choose_artifact(tiny_artifacts / "fp32").folder == tiny_artifacts / "fp32"  # an explicit variant stays
     root = tmp_path / "artifacts"
     root.mkdir()
@@ -130,7 +130,7 @@ def test_an_artifacts_root_serves_the_best_variant_this_host_runs(tiny_artifacts
 
 
 def test_an_artifact_of_an_older_format_is_refused_with_one_rebuild_line(tiny_artifacts: Path, tmp_path: Path):
-    from artifact.manifest import read_manifest
+    from artifact.manifest import FORMAT_VERSION, read_manifest
 
     old = tmp_path / "int8"
     shutil.copytree(tiny_artifacts / "int8", old)
@@ -138,9 +138,9 @@ def test_an_artifact_of_an_older_format_is_refused_with_one_rebuild_line(tiny_ar
     manifest["format_version"] = 2
     del manifest["int8"]  # as the previous format wrote it
     (old / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ArtifactError, match=r"format version 2; this paraserve reads 3: rebuild the artifact"):
+    with pytest.raises(ArtifactError, match=rf"format version 2; this paraserve reads {FORMAT_VERSION}: rebuild the artifact"):
         read_manifest(old)
-    manifest["format_version"] = 3  # the current version, but a field missing: the same one-line kind of refusal
+    manifest["format_version"] = FORMAT_VERSION  # the current version, but a field missing: the same one-line kind of refusal
     (old / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match=r"manifest lacks 'int8': rebuild the artifact"):
         read_manifest(old)
