@@ -109,6 +109,8 @@ def main() -> int:
         # Before uvicorn starts, so a bad artifact or a busy port is one clear line and exit 2; the port is bound
         # before the model is loaded and warmed up, so a busy one fails in a second.
         sock = bind(settings.host, settings.port)
+        if settings.grpc_port is not None:  # the gRPC server binds its own port later: a busy one fails now, in one line
+            bind(settings.host, settings.grpc_port).close()
         raise_fd_limit(settings.max_connections)
         runtime = open_runtime(settings)
     except UserError as exc:

@@ -68,10 +68,14 @@ def create_app(
             configure_logging(settings.log_level, settings.json_logs)
         loaded = runtime or await asyncio.to_thread(open_runtime, settings)
         await service.start(loaded)
+        grpc_server = await _start_grpc(service, settings) if settings.grpc_port else None
         log.info("ready: %s %s on %d worker(s) x %d thread(s)", loaded.name, loaded.variant, settings.workers, settings.torch_threads)
         try:
             yield
         finally:
+            service.begin_shutdown()  # gRPC's health says NOT_SERVING and new calls get UNAVAILABLE from here on
+            if grpc_server is not None:
+                await grpc_server.stop(settings.shutdown_grace_s)  # calls under way finish on the still-running batcher
             await service.stop()
             log.info("stopped")
 
@@ -96,6 +100,16 @@ def create_app(
     app.add_middleware(MetricsMiddleware, metrics=metrics, known_paths=known)
     app.add_middleware(RequestIdentity, tracer=tracer)  # outermost: every answer, errors included, carries the id
     return app
+
+
+async def _start_grpc(service: PredictionService, settings: Settings) -> Any:
+    """The Open Inference Protocol over gRPC beside HTTP; grpc is imported only when a port asks for it."""
+    from app.grpc_v2 import start_grpc_server
+
+    server, health = await start_grpc_server(service, settings)
+    loop = asyncio.get_running_loop()
+    service.on_state_change(lambda state: loop.create_task(health.update(state)))
+    return server
 
 
 def _pinned_openapi(app: FastAPI, runtime: Runtime) -> Callable[[], dict[str, Any]]:

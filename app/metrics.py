@@ -10,6 +10,8 @@ FAST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05
 CLOSE_REASONS = ("idle", "keep_alive", "header_timeout", "body_timeout", "body_too_slow", "send_stalled", "headers_too_large",
                  "bad_request", "framing", "body_too_large", "too_many_connections", "client_connections", "pipelined",
                  "draining")  # fmt: skip
+# The Open Inference Protocol's gRPC methods (app/grpc_v2.py serves them; gRPC itself answers any other UNIMPLEMENTED).
+GRPC_METHODS = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer")
 # Label values a client cannot grow: anything else shares "other" (4,000 random methods once grew /metrics to 97 MB).
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 RATIO_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -79,6 +81,19 @@ class Metrics:
         )
         for reason in CLOSE_REASONS:  # every series exists from the start, so rates and alerts see a 0 before the first
             self.connections_closed.labels(reason=reason)
+        self.grpc_requests = Counter(
+            "paraserve_grpc_requests",
+            "gRPC calls (Open Inference Protocol v2) by method and status code.",
+            ["method", "code"],
+            registry=registry,
+        )
+        self.grpc_duration = Histogram(
+            "paraserve_grpc_request_duration_seconds", "Time from a gRPC call's start to its answer.", ["method"], buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )  # fmt: skip
+        for method in GRPC_METHODS:  # series at 0 from the start (status codes are a fixed set too)
+            self.grpc_requests.labels(method=method, code="OK")
+            self.grpc_duration.labels(method=method)
         self.requests_unanswered = Counter(
             "paraserve_requests_unanswered",
             "Requests the server received at least one byte of and closed without answering (clients that left excluded). 0 expected.",

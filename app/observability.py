@@ -60,19 +60,23 @@ class Tracer:
 
     @contextmanager
     def server_span(self, scope: dict[str, Any], rid: str) -> Iterator[Any]:
-        """The request's span, a child of the caller's W3C traceparent; yields None when tracing is off."""
+        """An HTTP request's span, a child of the caller's W3C traceparent; yields None when tracing is off."""
+        carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in (b"traceparent", b"tracestate")}
+        attributes = {"http.request.method": scope["method"], "url.path": scope["path"], "paraserve.request_id": rid}
+        with self.incoming_span(f"{scope['method']} {scope['path']}", carrier, attributes) as span:
+            yield span
+
+    @contextmanager
+    def incoming_span(self, name: str, carrier: dict[str, str], attributes: dict[str, Any]) -> Iterator[Any]:
+        """A server span for a call of any protocol, a child of the W3C trace context in `carrier`; None when off."""
         if self._tracer is None:
             yield None
             return
         from opentelemetry import trace
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-        carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in (b"traceparent", b"tracestate")}
         parent = TraceContextTextMapPropagator().extract(carrier)
-        attributes = {"http.request.method": scope["method"], "url.path": scope["path"], "paraserve.request_id": rid}
-        with self._tracer.start_as_current_span(
-            f"{scope['method']} {scope['path']}", context=parent, kind=trace.SpanKind.SERVER, attributes=attributes
-        ) as span:
+        with self._tracer.start_as_current_span(name, context=parent, kind=trace.SpanKind.SERVER, attributes=attributes) as span:
             yield span
 
     @contextmanager

@@ -16,23 +16,20 @@ No `from __future__ import annotations` here: FastAPI must see the types itself.
 """
 
 import json
-import struct
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
-from app import errors
-from app.core import LABELS, MAX_THRESHOLD, MIN_THRESHOLD, Scored, shown
+from app import errors, oip
+from app.core import MAX_THRESHOLD, MIN_THRESHOLD, Scored, shown
 from app.edge import ServiceDep, client_of, disconnect_of
-from app.errors import InvalidInput, ModelNotFound
+from app.errors import InvalidInput
 from app.http_errors import Dialect, HttpKind
+from app.oip import INPUTS, OUTPUTS
 from app.service import PredictionService
 from artifact.encoding import DECISION_THRESHOLD
 
-INPUTS = ("text_a", "text_b")
-OUTPUTS = {"probabilities": "FP32", "label": "BYTES", "score": "FP32", "tokens": "INT32", "truncated": "BOOL"}
 HEADER_LENGTH = "inference-header-content-length"
 PREFIX = "/v2"
 # Every invalid request is a 400 in this protocol; a bad pair is named by its tensor and element.
@@ -139,20 +136,11 @@ V2_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _model_or_404(service: PredictionService, name: str, version: str | None = None) -> None:
-    service.require_ready()
-    model = service.model
-    if name != model.name:
-        raise ModelNotFound(f"no model named {shown(name)}; this server serves {model.name!r}")
-    if version is not None and version != model.version:
-        raise ModelNotFound(f"model {shown(name)} has no version {shown(version)}; it has {model.version!r}")
-
-
 # ---- handlers: module level, registered by build_v2_router ------------------------------------------------------
 
 
 async def server_metadata() -> ServerMetadata:
-    return ServerMetadata(name="paraserve", version="0.1.0", extensions=["binary_tensor_data"])
+    return ServerMetadata(name=oip.SERVER_NAME, version=oip.SERVER_VERSION, extensions=["binary_tensor_data"])
 
 
 async def live() -> Health:
@@ -166,15 +154,14 @@ async def ready(service: ServiceDep, response: Response) -> Health:
 
 
 def _metadata(service: PredictionService, name: str, version: str | None = None) -> ModelMetadata:
-    _model_or_404(service, name, version)
+    oip.check_model(service, name, version)
     model = service.model
-    shapes = {"probabilities": [-1, len(LABELS)]}
     return ModelMetadata(
         name=model.name,
         versions=[model.version],
-        platform=f"{model.engine}_{model.variant}",
-        inputs=[TensorMetadata(name=n, datatype="BYTES", shape=[-1]) for n in INPUTS],
-        outputs=[TensorMetadata(name=n, datatype=t, shape=shapes.get(n, [-1])) for n, t in OUTPUTS.items()],
+        platform=oip.platform(service),
+        inputs=[TensorMetadata(name=t.name, datatype=t.datatype, shape=t.shape) for t in oip.input_metadata()],
+        outputs=[TensorMetadata(name=t.name, datatype=t.datatype, shape=t.shape) for t in oip.output_metadata()],
     )
 
 
@@ -182,15 +169,24 @@ def _model_ready(service: PredictionService, response: Response, name: str, vers
     if not service.is_ready:  # starting, draining or dead: no model is ready, whatever its name
         response.status_code = 503
         return ModelReady(name=name, ready=False)
-    _model_or_404(service, name, version)
+    oip.check_model(service, name, version)
     return ModelReady(name=name, ready=True)
 
 
 async def _infer(service: PredictionService, request: Request, name: str, version: str | None = None) -> InferResponse:
-    _model_or_404(service, name, version)
+    oip.check_model(service, name, version)
     body = parse_infer_request(await request.body(), request.headers.get(HEADER_LENGTH))
-    scored, wanted = await score_request(
-        service, body, name, client=client_of(request, service.settings.client_id_header), gone=disconnect_of(request)
+    if body.model_name is not None and body.model_name != name:
+        raise InvalidInput(f"the body names model {shown(body.model_name)} but the path {shown(name)}")
+    scored, wanted = await oip.infer(
+        service,
+        name,
+        body.model_version or version,
+        [oip.InputTensor(t.name, t.datatype, t.shape, t.data) for t in body.inputs],
+        [o.name for o in body.outputs or []],
+        (body.parameters or {}).get("threshold"),
+        client=client_of(request, service.settings.client_id_header),
+        gone=disconnect_of(request),
     )
     return InferResponse(
         model_name=scored.model.name, model_version=scored.model.version, id=body.id, outputs=output_tensors(scored, wanted)
@@ -221,39 +217,8 @@ async def version_infer(service: ServiceDep, request: Request, name: str, versio
     return await _infer(service, request, name, version)
 
 
-async def score_request(
-    service: PredictionService, body: InferRequest, name: str, *, client: str, gone: Callable[[], Awaitable[Any]] | None
-) -> tuple[Scored, list[str]]:
-    """A parsed v2 request through the core: the pairs its tensors hold, its threshold; the outputs it asked for."""
-    if body.model_name is not None and body.model_name != name:
-        raise InvalidInput(f"the body names model {shown(body.model_name)} but the path {shown(name)}")
-    if body.model_version is not None:
-        _model_or_404(service, name, body.model_version)
-    a, b = tensor_strings(body)
-    wanted = [o.name for o in body.outputs] if body.outputs else list(OUTPUTS)
-    unknown = [n for n in wanted if n not in OUTPUTS]
-    if unknown:
-        raise InvalidInput(f"unknown output(s) {shown(unknown)}; this model has {', '.join(OUTPUTS)}")
-    threshold = (body.parameters or {}).get("threshold")
-    scored = await service.score(list(zip(a, b, strict=True)), threshold=threshold, client=client, gone=gone)
-    return scored, wanted
-
-
-def output_values(scored: Scored) -> dict[str, tuple[list[int], list[Any]]]:
-    """Every output tensor of this model, by name: (shape, flat row-major data)."""
-    results = scored.results
-    n = len(results)
-    return {
-        "probabilities": ([n, len(LABELS)], [p for r in results for p in r.probabilities]),
-        "label": ([n], [r.label for r in results]),
-        "score": ([n], [r.score for r in results]),
-        "tokens": ([n], [r.tokens for r in results]),
-        "truncated": ([n], [r.truncated for r in results]),
-    }
-
-
 def output_tensors(scored: Scored, wanted: list[str]) -> list[OutputTensor]:
-    values = output_values(scored)
+    values = oip.output_values(scored)
     return [OutputTensor(name=o, shape=values[o][0], datatype=OUTPUTS[o], data=values[o][1]) for o in wanted]
 
 
@@ -335,68 +300,11 @@ def parse_infer_request(raw: bytes, header_length: str | None) -> InferRequest:
             raise InvalidInput(
                 f"input {shown(tensor.name)}: binary_data_size {shown(size)} does not fit the {len(binary) - offset} bytes left"
             )
-        tensor.data = decode_bytes_tensor(binary[offset : offset + size], tensor.name)
+        tensor.data = oip.decode_bytes_tensor(binary[offset : offset + size], tensor.name)
         offset += size
     if offset != len(binary):
         raise InvalidInput(f"{len(binary) - offset} bytes of binary data belong to no input")
     return request
-
-
-def decode_bytes_tensor(blob: bytes, name: str) -> list[str]:
-    """BYTES elements in the binary extension's layout: a 4-byte little-endian length, then that many bytes."""
-    items, i = [], 0
-    while i < len(blob):
-        if i + 4 > len(blob):
-            raise InvalidInput(f"input {shown(name)}: truncated BYTES element length")
-        (length,) = struct.unpack_from("<I", blob, i)
-        i += 4
-        if i + length > len(blob):
-            raise InvalidInput(f"input {shown(name)}: a BYTES element of {length} bytes overruns the tensor")
-        try:
-            items.append(blob[i : i + length].decode("utf-8"))
-        except UnicodeDecodeError:
-            raise InvalidInput(f"input {shown(name)}: element {len(items)} is not UTF-8") from None
-        i += length
-    return items
-
-
-def tensor_strings(request: InferRequest) -> tuple[list[Any], list[Any]]:
-    """The two input tensors as equal-length columns, row-major; what each element may hold is the core's rule."""
-    by_name = {t.name: t for t in request.inputs}
-    if sorted(by_name) != sorted(INPUTS):
-        raise InvalidInput(f"inputs must be {' and '.join(INPUTS)}, got {shown([t.name for t in request.inputs])}")
-    columns = []
-    for name in INPUTS:
-        tensor = by_name[name]
-        if tensor.datatype != "BYTES":
-            raise InvalidInput(f"input {name}: datatype must be BYTES, not {shown(tensor.datatype)}")
-        if tensor.data is None:
-            raise InvalidInput(f"input {name}: no data (JSON `data`, or binary_data_size with the binary extension)")
-        shape = tensor.shape
-        if any(d < 0 for d in shape) or (len(shape) == 2 and shape[1] != 1):
-            raise InvalidInput(f"input {name}: shape {shape} is not [N] or [N, 1]")
-        data = _rows(tensor.data, name, nested=len(shape) == 2)
-        if shape[0] != len(data):
-            raise InvalidInput(f"input {name}: shape {shape} does not hold its {len(data)} elements")
-        columns.append(data)
-    a, b = columns
-    if len(a) != len(b):
-        raise InvalidInput(f"text_a has {len(a)} elements and text_b {len(b)}: they must match")
-    return a, b
-
-
-def _rows(data: list[Any], name: str, *, nested: bool) -> list[Any]:
-    """N elements; for shape [N, 1] also N lists of one element. Deeper nesting is refused, never recursed into."""
-    if not nested:
-        return data
-    rows = []
-    for i, item in enumerate(data):
-        if isinstance(item, list):
-            if len(item) != 1:
-                raise InvalidInput(f"input {name}[{i}]: a row of shape [N, 1] holds one element, not {len(item)}")
-            item = item[0]
-        rows.append(item)
-    return rows
 
 
 def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
