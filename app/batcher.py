@@ -8,11 +8,14 @@ run side by side, each on its own thread, all reading the one copy of the weight
 starts at once. Cancelled rows (the client went away) leave the queue immediately; an exception in a forward fails
 exactly that batch's rows.
 
-Admission is fair between clients (`client`: a peer address, or what a trusted proxy names): a client's share is
-the capacity divided by the clients active now (holding rows, or seen in the last second). A client within its
-share may fill the whole queue; one over it is admitted only while `reserve` pairs stay free. So a few clients of
-big requests cannot keep the queue full: the last `reserve` pairs are always there for the others. Measured
-(scripts/reliability.py, "queue fairness"): MEASURE-ME.
+Admission and service are fair between clients (`client`: a peer address, or what a trusted proxy names). A
+client's share is the capacity divided by the clients active now (holding rows, or seen in the last second); a
+client within its share may fill the whole queue, one over it is admitted only while `reserve` pairs stay free, so a
+few clients of big requests cannot keep the queue full. And each batch starts with the oldest row of the client
+served least recently, so an admitted single pair waits about one batch, not behind every queued row. Measured
+(scripts/reliability.py, "queue fairness", eight clients of 64 long pairs, the default model on 2 workers, AMD EPYC):
+the client of single pairs got 429 on 82-89 % of its requests before; with fair admission alone, 100 % 200s at p50
+3.7 s (p99 4.4 s); with the round robin as well, 100 % 200s at p50 0.47 s (p99 2.0 s).
 """
 
 from __future__ import annotations
@@ -91,6 +94,8 @@ class Batcher(Generic[RowT]):
         self.capacity = capacity
         self.reserve = reserve
         self._held: dict[str, int] = {}  # rows queued or being tokenized, per client
+        self._last_served: dict[str, int] = {}  # the batch number in which each client last had the head row
+        self._served = 0
         self._seen: dict[str, float] = {}  # when each client last asked for room
         self._on_batch = on_batch
         self._on_depth = on_depth
@@ -322,22 +327,38 @@ class Batcher(Generic[RowT]):
             self._task.cancel()
 
     def _take_batch(self) -> list[_Row[RowT]]:
-        """FIFO; with a group key, the oldest row plus the next rows whose key is no larger than its own.
+        """The head row, then (FIFO) the next rows whose group key is no larger than its own, up to batch_size.
 
-        Rows left behind keep their order and are at most `depth` batches from the head, so none starves.
+        The head is the oldest row of the client served least recently (round robin over the clients with rows
+        queued; with one client, simply the oldest row): a client of single pairs waits one batch behind clients of
+        big requests, not behind all their rows. Rows left behind keep their order; each client's turn comes within
+        as many batches as there are clients, so none starves.
         """
-        if self._group_key is None or len(self._queue) <= 1:
-            return [self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))]
-        head = self._queue.popleft()
-        limit = self._group_key(head.item)
+        head = self._queue[self._head_index()]
+        self._queue.remove(head)
+        self._served += 1
+        self._last_served[head.client] = self._served
+        limit = self._group_key(head.item) if self._group_key is not None else None
         batch, rest = [head], deque()
         for row in self._queue:
-            if len(batch) < self.batch_size and self._group_key(row.item) <= limit:
+            if len(batch) < self.batch_size and (limit is None or self._group_key(row.item) <= limit):  # type: ignore[misc]
                 batch.append(row)
             else:
                 rest.append(row)
         self._queue = rest
         return batch
+
+    def _head_index(self) -> int:
+        """Index of the oldest row of the queued client served least recently (0 when one client has rows queued)."""
+        first: dict[str, int] = {}
+        for index, row in enumerate(self._queue):
+            first.setdefault(row.client, index)
+        if len(first) == 1:
+            return 0
+        if len(self._last_served) > 4 * len(first) + 64:  # forget clients that left, so the dict stays small
+            self._last_served = {c: t for c, t in self._last_served.items() if c in first}
+        client = min(first, key=lambda c: (self._last_served.get(c, 0), first[c]))
+        return first[client]
 
     async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Row[RowT]], worker: int) -> None:
         self._batches += 1

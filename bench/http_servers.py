@@ -25,6 +25,7 @@ import os
 import resource
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -71,7 +72,8 @@ def command(name: str, port: int) -> list[str] | None:
     raise ValueError(name)
 
 
-async def measure(name: str, artifact: Path, seconds: float, quick: bool) -> dict[str, Any] | None:
+def start(name: str, artifact: Path, quick: bool) -> tuple[subprocess.Popen[bytes], str] | None:
+    """A candidate server on a free loopback port, ready; None when it is not installed."""
     port = free_port()
     argv = command(name, port)
     if argv is None:
@@ -84,26 +86,58 @@ async def measure(name: str, artifact: Path, seconds: float, quick: bool) -> dic
         env.update(PARASERVE_MAX_CONNECTIONS="300", PARASERVE_MAX_CONNECTIONS_PER_CLIENT="100")
     url = f"http://127.0.0.1:{port}"
     process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    print(f"\n== {name}: {' '.join(argv[1:4])} ...", flush=True)
+    wait_ready(url, 180, process)
+    return process, url
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGTERM)
     try:
-        wait_ready(url, 180, process)
+        process.wait(60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+async def throughput(names: list[str], artifact: Path, seconds: float, rounds: int) -> dict[str, dict[str, Any]]:
+    """Every candidate running at once (idle while another is measured), measured round by round, so drift in this
+    shared machine hits them alike; the median of the rounds."""
+    servers = {name: s for name in names if (s := start(name, artifact, quick=True))}
+    runs: dict[str, dict[str, list[dict[str, float]]]] = {name: {"/healthz": [], "/predict": []} for name in servers}
+    try:
+        for r in range(rounds):
+            for name, (_, url) in servers.items():
+                for path in ("/healthz", "/predict"):
+                    runs[name][path].append(await closed_loop(url, path, 16, seconds))
+            print(f"  throughput round {r + 1}/{rounds} done", flush=True)
+    finally:
+        for process, _ in servers.values():
+            stop(process)
+    return {
+        name: {path.strip("/"): {k: statistics.median(x[k] for x in samples) for k in samples[0]} for path, samples in by.items()}
+        for name, by in runs.items()
+    }
+
+
+async def measure(name: str, artifact: Path, seconds: float, quick: bool) -> dict[str, Any] | None:
+    started = start(name, artifact, quick)
+    if started is None:
+        return None
+    process, url = started
+    print(f"\n== {name}: {' '.join(command(name, 0)[1:4])} ...", flush=True)  # type: ignore[index]
+    try:
         healthz = await closed_loop(url, "/healthz", 16, seconds)
         predict = await closed_loop(url, "/predict", 16, seconds)
         print(f"  /healthz {healthz['requests_per_s']:.0f} req/s, /predict {predict['requests_per_s']:.0f} req/s", flush=True)
         rows = await reliability.hostile_clients(url, quick, reliability.Report(), None, EDGE_ATTACKS)
         alive = process.poll() is None
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop(process)
     attacks = {
         r.name: {"ordinary_p99_ms": r.ordinary[1] * 1000, "ordinary_ok": r.ordinary_ok, "healthz_p99_ms": r.healthz_p99 * 1000,
                  "rss_mb": r.rss_mb, "outcome": r.outcome}
         for r in rows.values()
     }  # fmt: skip
-    return {"server": name, "command": argv, "healthz": healthz, "predict": predict, "attacks": attacks, "alive_after": alive}
+    return {"server": name, "command": command(name, 0), "healthz": healthz, "predict": predict, "attacks": attacks, "alive_after": alive}
 
 
 def verdict(attack: dict[str, Any], budget_ms: float = reliability.EDGE_P99_S * 1000) -> str:
@@ -118,9 +152,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", default=["guarded-h11", "h11", "httptools", "granian"])
     parser.add_argument("--full", action="store_true", help="the reliability script's full attack sizes (default: its quick form)")
     parser.add_argument("--json", type=Path, default=ROOT / "bench-out" / "http_servers.json")
+    parser.add_argument("--rounds", type=int, default=0, help="only throughput: the candidates side by side, this many interleaved rounds")
     args = parser.parse_args(argv)
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # the flood needs more sockets than 1,024
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 65536, hard))
+    if args.rounds:
+        table = asyncio.run(throughput(args.only, args.artifact, args.seconds, args.rounds))
+        cpu = cpu_description()
+        print(f"\n16 clients, {args.seconds:g} s per cell, median of {args.rounds} interleaved rounds; CPU {cpu['cpu_model']}")
+        print(f"{'server':12s} {'/healthz req/s':>14s} {'p50 ms':>7s} {'/predict req/s':>14s} {'p50 ms':>7s} {'p99 ms':>7s}")
+        for name, row in table.items():
+            h, q = row["healthz"], row["predict"]
+            cells = f"{h['requests_per_s']:14.0f} {h['p50_ms']:7.0f} {q['requests_per_s']:14.0f} {q['p50_ms']:7.0f} {q['p99_ms']:7.0f}"
+            print(f"{name:12s} {cells}")
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.with_name("http_servers_throughput.json").write_text(
+            json.dumps({"cpu": cpu, "rounds": args.rounds, "table": table}, indent=2)
+        )
+        return 0
     results = [r for name in args.only if (r := asyncio.run(measure(name, args.artifact, args.seconds, not args.full)))]
     attacks = sorted({a for r in results for a in r["attacks"]})
     print(f"\nworst of ordinary-client p99 and /healthz p99 during each attack, ms ('!' over {reliability.EDGE_P99_S:g} s)")

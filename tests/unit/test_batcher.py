@@ -390,3 +390,23 @@ def test_with_one_client_the_whole_queue_is_its_share():
         await batcher.drain(1)
 
     asyncio.run(scenario())
+
+
+def test_a_batch_starts_with_the_client_served_least_recently():
+    """Round robin over clients for the head row: b's one row runs in the second batch, not after all of a's."""
+
+    async def scenario():
+        model = FakeModel()
+        model.gate.clear()
+        batcher = Batcher(model.forward, batch_size=8, max_wait_s=0.0, capacity=64)
+        batcher.start()
+        a = batcher.submit([float(i) for i in range(1, 25)], client="a")  # three batches of a
+        b = batcher.submit([99.0], client="b")
+        model.gate.set()
+        await asyncio.gather(*a, *b)
+        await batcher.drain(1)
+        return model.batches
+
+    batches = asyncio.run(scenario())
+    assert batches[0] == [float(i) for i in range(1, 9)]  # a was first and alone when the loop woke
+    assert batches[1][0] == 99.0 and len(batches) == 4  # then b's turn: its row heads the next batch
