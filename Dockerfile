@@ -1,4 +1,4 @@
-# paraserve: one image per model variant (VARIANT=int8-calibrated|int8|fp32), the verified artifact baked in.
+# paraserve: one image per model variant (VARIANT=int8-calibrated|openvino-int8|int8|fp32), the verified artifact baked in.
 #   docker build --network host --build-arg VARIANT=int8-calibrated -t paraserve:int8 .
 # torch comes from wheels/ when it holds torch-2.13.0 (scripts/fetch-torch-wheel.sh puts the CPU wheel there),
 # otherwise from PyTorch's CPU wheel index. A plain `pip install torch` would bring a multi-GB CUDA build.
@@ -22,9 +22,11 @@ COPY model_build/ model_build/
 COPY harness/ harness/
 COPY loadtest/ loadtest/
 # torch==2.13.0 is already satisfied, so this adds only the pure-Python stack, tokenizers and the OpenTelemetry
-# exporter (the `tracing` extra, off unless OTEL_* configures it); versions are pyproject.toml's.
+# exporter (the `tracing` extra, off unless OTEL_* configures it), gRPC (the `grpc` extra, off unless
+# PARASERVE_GRPC_PORT is set) and OpenVINO (the `openvino` extra: it runs an openvino-int8 artifact; NNCF, which
+# builds one, stays out); versions are pyproject.toml's.
 # hadolint ignore=DL3013
-RUN pip install ".[tracing]" && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
+RUN pip install ".[tracing,grpc,openvino]" && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
 
 # ---- the load generator of the compose `loadtest` profile --------------------------------------------------
 FROM builder AS loadtest
@@ -61,7 +63,7 @@ LABEL org.opencontainers.image.title="paraserve" \
       org.opencontainers.image.description="Paraphrase detection (BERT, GLUE MRPC) over HTTP" \
       paraserve.variant="${VARIANT}"
 USER 10001
-EXPOSE 8000
+EXPOSE 8000 8001
 HEALTHCHECK --interval=5s --timeout=3s --start-period=60s --retries=3 \
   CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2).status != 200)"]
 STOPSIGNAL SIGTERM

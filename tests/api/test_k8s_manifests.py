@@ -33,10 +33,14 @@ def test_manifests_match_the_service(overlay: str, client: TestClient):
     port = container["ports"][0]["containerPort"]
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert f"PARASERVE_PORT={port}" in dockerfile and pod["metadata"]["annotations"]["prometheus.io/port"] == str(port)
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+    for probe in ("startupProbe", "livenessProbe"):
         path = container[probe]["httpGet"]["path"]
         assert client.get(path).status_code == 200, (probe, path)
-    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz" and container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz" and container["startupProbe"]["httpGet"]["path"] == "/readyz"
+    # Readiness through gRPC's standard health service, on the port the service's gRPC server listens on
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert container["readinessProbe"]["grpc"]["port"] == ports["grpc"] == int(env["PARASERVE_GRPC_PORT"])
+    assert {p["name"] for p in docs["Service"]["spec"]["ports"]} == {"http", "grpc"}
     pause = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
     assert spec["terminationGracePeriodSeconds"] > float(env["PARASERVE_SHUTDOWN_GRACE_S"]) + pause
     resources = container["resources"]
