@@ -29,17 +29,16 @@ log = logging.getLogger("app")
 
 
 class SignalledServer(DrainingServer):
-    """/readyz turns 503 the moment a stop signal arrives, while accepted requests still finish.
+    """/readyz turns 503 as soon as a stop signal arrives (right after the listener closes), while accepted requests
+    still finish.
 
     SIGTERM, SIGINT and SIGHUP (a closed terminal, a supervisor's reload) all drain; none kills accepted requests.
     """
 
     def __init__(self, config: uvicorn.Config, listeners: list[socket.socket], service: PredictionService) -> None:
-        super().__init__(config, listeners)
-        self._service = service
+        super().__init__(config, listeners, on_drain=service.begin_shutdown)
 
     def handle_exit(self, sig: int, frame: Any) -> None:
-        self._service.begin_shutdown()
         super().handle_exit(signal.SIGTERM if sig == signal.SIGHUP else sig, frame)
         # uvicorn re-raises captured signals after shutting down, which would end the process "killed by SIGTERM"
         # (or -2 for SIGINT); a completed graceful drain is a clean exit (0), so none is re-raised. A private field

@@ -19,7 +19,8 @@ it is answered, and caps the header block; what it leaves to the server is added
 - a client that stops reading its responses for `send_timeout_s`: closed (send_stalled); more than
   `max_pipelined` requests waiting behind one another: 503 and close (pipelined).
 
-Shutdown answers what it accepted: connections still in the listen backlog are accepted before the listener closes;
+Shutdown answers what it accepted: at the stop signal, connections still in the listen backlog are accepted and the
+listener closes (DrainingServer);
 a request whose handler runs is answered (its response says Connection: close); a body still arriving gets one more
 second; a connection between requests is read for one more second and a request arriving there is answered 503
 `shutting_down` with Connection: close (reason draining). A request the server received any byte of and closed
@@ -37,6 +38,7 @@ import json
 import logging
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, ClassVar
@@ -403,35 +405,72 @@ class GuardedH11Protocol(H11Protocol):
 
 
 class DrainingServer(uvicorn.Server):
-    """uvicorn with a drain that answers what it accepted: at shutdown, connections waiting in the listen backlog are
-    accepted first (each then answered 503 if it sends a request) and only then does the listener close."""
+    """uvicorn with a drain that answers what it accepted. The moment a stop signal arrives (on the event loop's next
+    turn, before any answer can tell a client to reconnect), connections waiting in the listen backlog are accepted
+    (each then answered 503 if it sends a request) and the listener closes: a later connection is refused, never
+    reset with its request. Only then does `on_drain` run (the service turns not ready, answers say Connection: close).
 
-    def __init__(self, config: uvicorn.Config, listeners: list[socket.socket]) -> None:
+    Closing the listener only at uvicorn's shutdown (up to 0.1 s after the signal) left a window in which clients
+    told to reconnect kept connecting, and one whose handshake the kernel completed between the last accept and the
+    close got a reset after sending its request (once in a CI run of tests/api/test_hostile_clients.py).
+    """
+
+    def __init__(self, config: uvicorn.Config, listeners: list[socket.socket], on_drain: Callable[[], None] | None = None) -> None:
         super().__init__(config)
         self._listeners = listeners
+        self._on_drain = on_drain or (lambda: None)
         protocol = config.http if isinstance(config.http, type) else None
         self.drain: Drain = getattr(protocol, "drain", Drain())
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._backlog: list[socket.socket] = []
+        self._adopting: asyncio.Task[None] | None = None
 
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().startup(sockets)
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        super().handle_exit(sig, frame)
+        if self.started and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._begin_drain)  # a signal handler must not touch the loop's sockets itself
+        else:  # still starting: nothing is served yet, and shutdown() stops listening
+            self._on_drain()
+
+    def _begin_drain(self) -> None:
+        self.stop_listening()
+        self._on_drain()
+
+    def stop_listening(self) -> None:
+        """Accept what the kernel has queued and close every listener in one synchronous step (once): a connection
+        queued after the last accept and before the close would be reset with its request."""
+        if self.drain.active:
+            return
         self.drain.started_at = time.monotonic()
-        # Accept what the kernel has queued and stop listening in one synchronous step: a connection queued after
-        # the last accept and before the close would be reset with its request; one arriving later is refused.
-        pending = self._accept_backlog()
+        self._backlog = self._accept_backlog()
         for server in self.servers:
             server.close()
         for listener in self._listeners:
-            listener.close()  # the event loop may listen on a duplicate of it: both must close now, not after the awaits
+            listener.close()  # the event loop may listen on a duplicate of it: both must close now, not after an await
+        self._adopting = asyncio.get_running_loop().create_task(self._adopt(self._backlog))
+
+    async def _adopt(self, connections: list[socket.socket]) -> None:
         loop = asyncio.get_running_loop()
         factory = functools.partial(
             self.config.http_protocol_class, config=self.config, server_state=self.server_state, app_state=self.lifespan.state
         )
-        for conn in pending:
+        for conn in connections:
             await loop.connect_accepted_socket(factory, conn)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.stop_listening()
+        if self._adopting is not None:
+            await self._adopting
+        self._on_drain()
         await super().shutdown(sockets)
         log.info(
             "drain: %d connection(s) taken from the backlog, %d request(s) answered 503 shutting_down, "
             "%d accepted request(s) left unanswered",
-            len(pending),
+            len(self._backlog),
             self.drain.refused,
             self.drain.unanswered,
         )
