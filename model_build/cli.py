@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -217,9 +218,21 @@ def _ensure_default_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _ensure_default(args: argparse.Namespace, threads: int) -> None:
+    """Print the folder and nothing else on stdout: scripts/serve.sh serves what it reads there. What libraries print
+    while building goes to stderr, at the file-descriptor level (NNCF draws its progress bars on stdout, and the first
+    clean-clone start once tried to serve "Statistics collection ━━━ 100% ...")."""
     from model_build.default_model import ensure_default_artifacts
 
-    print(ensure_default_artifacts(args.cache, args.data_dir, args.model_dir))
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        artifacts = ensure_default_artifacts(args.cache, args.data_dir, args.model_dir)
+    finally:
+        sys.stdout.flush()  # what Python buffered for stdout meanwhile goes to stderr too
+        os.dup2(saved, 1)
+        os.close(saved)
+    print(artifacts)
 
 
 Command = tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace, int], None], str]

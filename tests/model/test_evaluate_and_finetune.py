@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -166,6 +168,17 @@ def test_ensure_default_builds_once_then_reuses_and_rebuilds_a_tampered_cache(ti
     (first / "int8" / "model.pt").write_bytes(b"tampered")
     assert ensure_default_artifacts(cache, mrpc_dir, model_dir=tiny_checkpoint) == first
     assert (first / "int8" / "manifest.json").stat().st_mtime_ns != stamp
+
+
+def test_ensure_default_prints_only_the_folder_on_stdout_whatever_the_build_prints(tiny_checkpoint: Path, mrpc_dir: Path, tmp_path: Path):
+    # scripts/serve.sh serves what this prints: NNCF's progress bars (building openvino-int8) once went to stdout too,
+    # and the first clean-clone start failed with "artifact folder Statistics collection ... does not exist".
+    args = ["ensure-default", "--cache", str(tmp_path / "cache"), "--data-dir", str(mrpc_dir), "--model-dir", str(tiny_checkpoint)]
+    done = subprocess.run([sys.executable, "-m", "model_build", *args], capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("\n") == 1, done.stdout[:2000]
+    folder = Path(done.stdout.strip())
+    assert folder.is_dir() and "openvino-int8" in {p.name for p in folder.iterdir()}
 
 
 def test_ensure_default_without_mrpc_explains_what_to_do(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
