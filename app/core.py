@@ -8,13 +8,14 @@ pair is refused by each with the same domain error (`InvalidPair`: which pair, w
 
 from __future__ import annotations
 
+import hmac
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from app.errors import InvalidPair, ValidationFailed
+from app.errors import InvalidPair, Unauthorized, ValidationFailed
 from artifact.encoding import DECISION_THRESHOLD, LABELS, label_for, visible_pattern
 
 # Thresholds at the extremes label everything one way; these bounds keep the knob meaningful.
@@ -122,3 +123,13 @@ def results_for(
 
 
 __all__ = ["LABELS", "MAX_THRESHOLD", "MIN_THRESHOLD", "ModelId", "PairLimits", "PairResult", "Scored", "validate_pairs"]
+
+
+def require_api_key(key: bytes | None, authorization: str, how: str) -> None:
+    """Unauthorized unless `authorization` is `Bearer <key>`, compared in constant time; anyone when no key is set.
+    The same rule on every protocol; `how` says how the client's protocol carries the key."""
+    if key is None:
+        return
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key):
+        raise Unauthorized(f"missing or invalid API key: send {how}")

@@ -6,15 +6,13 @@ Dependencies are `async def`: FastAPI runs plain `def` ones in a thread pool, a 
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Request, Response
 
 from app.config import Settings
-from app.core import Scored
-from app.errors import Unauthorized
+from app.core import Scored, require_api_key
 from app.service import PredictionService
 
 
@@ -32,12 +30,7 @@ def api_key_guard(settings: Settings) -> Callable[[Request], Awaitable[None]]:
     api_key = settings.api_key.get_secret_value().encode() if settings.api_key else None
 
     async def require_key(request: Request) -> None:
-        if api_key is None:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key):
-            raise Unauthorized("missing or invalid API key: send Authorization: Bearer <key>")
+        require_api_key(api_key, request.headers.get("authorization", ""), "Authorization: Bearer <key>")
 
     return require_key
 

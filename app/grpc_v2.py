@@ -18,11 +18,8 @@ taken from `x-request-id` metadata (or made), sent back as initial metadata, and
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
-import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -32,18 +29,17 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from app import errors, oip
 from app.config import Settings
-from app.core import Scored
+from app.core import Scored, require_api_key
 from app.grpc_gen import open_inference_pb2 as pb
 from app.grpc_gen import open_inference_pb2_grpc as pb_grpc
 from app.logs import ExceptionLog
-from app.observability import request_id
+from app.observability import accepted_request_id, request_id
 from app.service import PredictionService, State
 
 log = logging.getLogger(__name__)
 
 SERVICE = "inference.GRPCInferenceService"
 MAX_CONCURRENT_STREAMS = 64
-_VALID_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 CODES: dict[type[errors.ServiceError], grpc.StatusCode] = {
     errors.ValidationFailed: grpc.StatusCode.INVALID_ARGUMENT,
@@ -93,8 +89,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _call(self, method: str, request: Any, context: grpc.aio.ServicerContext, body: Handler, *, protected: bool = False) -> Any:
         metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
-        given = metadata.get("x-request-id", "")
-        rid = given if _VALID_ID.fullmatch(given) else uuid.uuid4().hex
+        rid = accepted_request_id(metadata.get("x-request-id", ""))
         token = request_id.set(rid)
         started, code = time.perf_counter(), grpc.StatusCode.OK
         metrics = self.service.metrics
@@ -129,11 +124,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             request_id.reset(token)
 
     def _require_key(self, metadata: dict[str, str]) -> None:
-        if self._key is None:
-            return
-        scheme, _, token = metadata.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self._key):
-            raise errors.Unauthorized("missing or invalid API key: send authorization: Bearer <key> metadata")
+        require_api_key(self._key, metadata.get("authorization", ""), "authorization: Bearer <key> metadata")
 
     # ---- the protocol's methods ----------------------------------------------------------------------
 

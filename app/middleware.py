@@ -3,9 +3,7 @@ No BaseHTTPMiddleware."""
 
 from __future__ import annotations
 
-import re
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -15,10 +13,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from app.http_errors import send_error
 from app.metrics import HTTP_METHODS, Metrics
-from app.observability import Tracer, request_id
+from app.observability import Tracer, accepted_request_id, request_id
 
 REQUEST_ID_HEADER = b"x-request-id"
-_VALID_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 
 BODY_METHODS = {"POST", "PUT", "PATCH"}
 
@@ -153,7 +150,7 @@ class RequestIdentity:
             await self.app(scope, receive, send)
             return
         given = next((v for k, v in scope["headers"] if k == REQUEST_ID_HEADER), b"")
-        rid = given.decode("ascii") if _VALID_ID.fullmatch(given) else uuid.uuid4().hex
+        rid = accepted_request_id(given.decode("latin-1"))  # latin-1: any byte decodes; only ASCII tokens are kept
         token = request_id.set(rid)
         status = 500
 

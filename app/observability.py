@@ -15,12 +15,21 @@ from __future__ import annotations
 import contextvars
 import logging
 import os
+import re
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+_SANE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def accepted_request_id(given: str) -> str:
+    """The caller's request id when it is a sane token (it ends up in logs and headers), else a new uuid4: the one
+    rule for every protocol (HTTP's X-Request-ID header, gRPC's x-request-id metadata)."""
+    return given if _SANE_ID.fullmatch(given) else uuid.uuid4().hex
 
 
 class RequestIdFilter(logging.Filter):
