@@ -72,7 +72,8 @@ class OpenVINOEngine:
 
     name = OPENVINO
 
-    def __init__(self, model_path: Path, *, streams: int = 1, threads: int = 1, precision: str = OPENVINO_PRECISION) -> None:
+    def __init__(self, model: Path | Any, *, streams: int = 1, threads: int = 1, precision: str = OPENVINO_PRECISION) -> None:
+        """`model`: an IR file, or an openvino.Model in memory (the build compiles what it verifies the same way)."""
         require_openvino()
         import openvino as ov
 
@@ -83,9 +84,9 @@ class OpenVINOEngine:
             "PERFORMANCE_HINT": "LATENCY" if streams == 1 else "THROUGHPUT",
         }
         try:
-            self.compiled = ov.Core().compile_model(str(model_path), "CPU", config)
+            self.compiled = ov.Core().compile_model(str(model) if isinstance(model, Path) else model, "CPU", config)
         except Exception as exc:  # OpenVINO raises RuntimeError for a file or a device it cannot use
-            raise ArtifactError(f"cannot compile {model_path} with OpenVINO: {str(exc).splitlines()[0]}") from exc
+            raise ArtifactError(f"cannot compile {model} with OpenVINO: {str(exc).splitlines()[0]}") from exc
         self.config = config
         self._local = threading.local()
         self._output = self.compiled.output(0)
@@ -97,8 +98,12 @@ class OpenVINOEngine:
         return request
 
     def logits(self, padded: PaddedBatch) -> torch.Tensor:
-        inputs = {name: np.ascontiguousarray(t.numpy()) for name, t in zip(TRACE_INPUTS, padded.args(), strict=True)}
-        result = self._request().infer(inputs)
+        return self.forward(*padded.args())
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """Logits of the inputs in TRACE_INPUTS order, on this thread's infer request."""
+        arrays = {name: np.ascontiguousarray(t.numpy()) for name, t in zip(TRACE_INPUTS, inputs, strict=True)}
+        result = self._request().infer(arrays)
         return torch.from_numpy(np.array(result[self._output], dtype=np.float32, copy=True))
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from artifact.encoding import TRACE_INPUTS, EncodedPair, PaddedBatch, PairEncoder, pad_batch, paraphrase_scores
-from artifact.engines import OPENVINO_PRECISION
+from artifact.engines import OPENVINO_PRECISION, OpenVINOEngine
 from artifact.manifest import OPENVINO_MODEL_FILE, OPENVINO_WEIGHTS_FILE, FileDigest, file_digest
 from artifact.quiet import deprecations_silenced
 from model_build.errors import BuildError, VerificationError
@@ -48,22 +48,18 @@ def available() -> str | None:
 
 @dataclass
 class OpenVINOModule:
-    """A compiled OpenVINO model called like the traced module: (input_ids, attention_mask, token_type_ids) -> (logits,)."""
+    """An OpenVINO model called like the traced module: (input_ids, attention_mask, token_type_ids) -> (logits,).
+    It runs on the service's own engine (one stream, one thread), so the build verifies what the runtime runs."""
 
     model: Any  # openvino.Model, saved by `save`
-    compiled: Any
+    engine: OpenVINOEngine
 
     @classmethod
     def compile(cls, model: Any) -> OpenVINOModule:
-        import openvino as ov
-
-        compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISION, "INFERENCE_NUM_THREADS": "1"})
-        return cls(model, compiled)
+        return cls(model, OpenVINOEngine(model))
 
     def __call__(self, *args: torch.Tensor) -> tuple[torch.Tensor]:
-        inputs = {name: np.ascontiguousarray(t.numpy()) for name, t in zip(TRACE_INPUTS, args, strict=True)}
-        result = self.compiled.create_infer_request().infer(inputs)
-        return (torch.from_numpy(np.array(result[self.compiled.output(0)], dtype=np.float32, copy=True)),)
+        return (self.engine.forward(*args),)
 
     def op_counts(self) -> dict[str, int]:
         return dict(Counter(op.get_type_name() for op in self.model.get_ops()).most_common())
