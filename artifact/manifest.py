@@ -261,7 +261,7 @@ def verify_artifact(artifact_dir: Path) -> Manifest:
             )
         for name, expected in manifest.extra_files.items():
             path = artifact_dir / name
-            if not path.is_file() or path.stat().st_size != expected.bytes or sha256_file(path) != expected.sha256:
+            if not path.is_file() or file_digest(path) != expected:
                 raise ArtifactError(f"{path} is missing or does not match the manifest's size and sha256: refusing a modified model")
         tokenizer_path = artifact_dir / manifest.tokenizer.file
         if not tokenizer_path.is_file() or sha256_file(tokenizer_path) != manifest.tokenizer.sha256:
