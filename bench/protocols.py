@@ -12,11 +12,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import random
 import statistics
 import sys
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from app.grpc_gen import open_inference_pb2 as pb
 from app.grpc_gen import open_inference_pb2_grpc as pb_grpc
 from artifact.kernels import cpu_description
+from bench.service import Send, load_loop
 from harness.local_server import free_port, running_server
 from model_build.mrpc import load_split
-
-Send = Callable[[list[tuple[str, str]]], Awaitable[int]]
 
 
 def v2_body(pairs: list[tuple[str, str]]) -> dict[str, Any]:
@@ -52,30 +48,10 @@ def grpc_request(model: str, pairs: list[tuple[str, str]]) -> pb.ModelInferReque
     return request
 
 
-async def closed_loop(send: Send, pairs: list[tuple[str, str]], clients: int, seconds: float, warmup: float = 2.0) -> dict[str, float]:
-    latencies: list[float] = []
-    counted = {"pairs": 0, "errors": 0}
-    start_measure = time.monotonic() + warmup
-    stop = start_measure + seconds
-
-    async def client(seed: int) -> None:
-        rng = random.Random(seed)
-        while time.monotonic() < stop:
-            n = 1 if rng.random() < 0.5 else rng.randint(2, 8)
-            first = rng.randrange(len(pairs))
-            chunk = [pairs[(first + k) % len(pairs)] for k in range(n)]
-            started = time.monotonic()
-            ok = await send(chunk)
-            done = time.monotonic()
-            if not ok:
-                counted["errors"] += 1
-            elif start_measure <= started and done <= stop:
-                latencies.append(done - started)
-                counted["pairs"] += n
-
-    await asyncio.gather(*(client(i) for i in range(clients)))
-    q = statistics.quantiles(latencies, n=100)
-    return {"pairs_per_s": counted["pairs"] / seconds, "p50_ms": q[49] * 1000, "p99_ms": q[98] * 1000, "errors": counted["errors"]}
+async def closed_loop(send: Send, pairs: list[tuple[str, str]], clients: int, seconds: float) -> dict[str, float]:
+    """bench/service.py's load over any protocol, in milliseconds."""
+    run = await load_loop(send, pairs, clients, seconds, warmup=2.0)
+    return {"pairs_per_s": run["pairs_per_s"], "p50_ms": run["p50_s"] * 1000, "p99_ms": run["p99_s"] * 1000, "errors": run["errors"]}
 
 
 async def measure(url: str, grpc_port: int, pairs: list[tuple[str, str]], args: argparse.Namespace) -> dict[str, list[dict[str, float]]]:
@@ -87,15 +63,15 @@ async def measure(url: str, grpc_port: int, pairs: list[tuple[str, str]], args: 
     ):
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
 
-        async def predict(chunk: list[tuple[str, str]]) -> int:
+        async def predict(chunk: list[tuple[str, str]]) -> bool:
             r = await http.post(f"{url}/predict", json={"pairs": [{"sentence1": a, "sentence2": b} for a, b in chunk]})
             return r.status_code == 200
 
-        async def rest_v2(chunk: list[tuple[str, str]]) -> int:
+        async def rest_v2(chunk: list[tuple[str, str]]) -> bool:
             r = await http.post(f"{url}/v2/models/{model}/infer", json=v2_body(chunk))
             return r.status_code == 200
 
-        async def grpc_v2(chunk: list[tuple[str, str]]) -> int:
+        async def grpc_v2(chunk: list[tuple[str, str]]) -> bool:
             try:
                 await stub.ModelInfer(grpc_request(model, chunk), timeout=60)
             except grpc.aio.AioRpcError:

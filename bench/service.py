@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -135,33 +136,49 @@ async def saturate(url: str, pairs: list[tuple[str, str]], seconds: float, warmu
     }
 
 
-async def closed_loop(url: str, pairs: list[tuple[str, str]], clients: int, seconds: float, warmup: float = 3.0) -> dict[str, float]:
-    """`clients` clients sending 1-8 consecutive pairs per request (half single pairs), back to back: the issue's load."""
+Send = Callable[[list[tuple[str, str]]], Awaitable[bool]]
+
+
+async def load_loop(send: Send, pairs: list[tuple[str, str]], clients: int, seconds: float, warmup: float = 3.0) -> dict[str, float]:
+    """`clients` clients sending 1-8 consecutive pairs per request (half single pairs), back to back: the issue's load.
+
+    `send` posts one request of any protocol and says whether it was answered 200 (bench/protocols.py uses this too).
+    """
     latencies: list[float] = []
-    counted = Counter[str]()
+    counted = {"pairs": 0, "errors": 0}
     start_measure = time.monotonic() + warmup
     stop = start_measure + seconds
 
-    async def client_loop(client: httpx.AsyncClient, seed: int) -> None:
+    async def client_loop(seed: int) -> None:
         rng = random.Random(seed)
         while time.monotonic() < stop:
             n = 1 if rng.random() < 0.5 else rng.randint(2, 8)
             first = rng.randrange(len(pairs))
-            body = {"pairs": [{"sentence1": a, "sentence2": b} for a, b in (pairs[(first + k) % len(pairs)] for k in range(n))]}
+            chunk = [pairs[(first + k) % len(pairs)] for k in range(n)]
             started = time.monotonic()
-            r = await client.post(f"{url}/predict", json=body)
+            ok = await send(chunk)
             done = time.monotonic()
-            if r.status_code == 200 and start_measure <= started and done <= stop:
+            if not ok:
+                counted["errors"] += 1
+            elif start_measure <= started and done <= stop:
                 latencies.append(done - started)
                 counted["pairs"] += n
-            elif r.status_code != 200:
-                counted[f"http_{r.status_code}"] += 1
 
-    async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=clients)) as client:
-        await asyncio.gather(*(client_loop(client, i) for i in range(clients)))
+    await asyncio.gather(*(client_loop(i) for i in range(clients)))
     q = statistics.quantiles(latencies, n=100)
-    return {"pairs_per_s": counted["pairs"] / seconds, "p50_s": q[49], "p99_s": q[98], "requests": len(latencies), "errors": sum(
-        v for k, v in counted.items() if k.startswith("http_"))}  # fmt: skip
+    pairs_per_s = counted["pairs"] / seconds
+    return {"pairs_per_s": pairs_per_s, "p50_s": q[49], "p99_s": q[98], "requests": len(latencies), "errors": counted["errors"]}
+
+
+async def closed_loop(url: str, pairs: list[tuple[str, str]], clients: int, seconds: float, warmup: float = 3.0) -> dict[str, float]:
+    """The load over POST /predict."""
+    async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=clients)) as client:
+
+        async def predict(chunk: list[tuple[str, str]]) -> bool:
+            r = await client.post(f"{url}/predict", json={"pairs": [{"sentence1": a, "sentence2": b} for a, b in chunk]})
+            return r.status_code == 200
+
+        return await load_loop(predict, pairs, clients, seconds, warmup)
 
 
 WORKER_CONFIGS = {
