@@ -14,7 +14,6 @@ import torch
 from tokenizers import Tokenizer
 
 LABELS = ("not_paraphrase", "paraphrase")  # logit index 1 = paraphrase, as in GLUE MRPC
-TRACE_INPUTS = ("input_ids", "attention_mask", "token_type_ids")  # the traced forward's argument order
 DECISION_THRESHOLD = 0.5  # P(paraphrase) at or above it is labelled paraphrase
 
 
@@ -72,20 +71,17 @@ def label_for(score: float, threshold: float = DECISION_THRESHOLD) -> str:
 
 @dataclass(frozen=True)
 class EncodedPair:
-    """Token ids and segment ids of one `[CLS] a [SEP] b [SEP]` row, unpadded; `truncated` when tokens were cut."""
+    """Token ids and segment ids of one pair row as the tokenizer's template lays it out (`[CLS] a [SEP] b [SEP]` for
+    BERT, `<s> a </s></s> b </s>` for MPNet), unpadded; `sentence_tokens` counts each sentence's own tokens after
+    truncation (0 for a sentence that tokenizes to nothing); `truncated` when tokens were cut."""
 
     input_ids: tuple[int, ...]
     token_type_ids: tuple[int, ...]
+    sentence_tokens: tuple[int, int]
     truncated: bool = False
 
     def __len__(self) -> int:
         return len(self.input_ids)
-
-    @property
-    def sentence_tokens(self) -> tuple[int, int]:
-        """Tokens of each sentence, special tokens aside (0 for a sentence that tokenizes to nothing)."""
-        second = sum(self.token_type_ids)
-        return len(self.input_ids) - second - 2, max(second - 1, 0)
 
 
 def longest_first(n1: int, n2: int, budget: int) -> tuple[int, int]:
@@ -106,6 +102,48 @@ def longest_first(n1: int, n2: int, budget: int) -> tuple[int, int]:
     return (long, short) if swap else (short, long)
 
 
+@dataclass(frozen=True)
+class PairTemplate:
+    """Where a tokenizer's post-processor puts its special tokens around a pair, and their segment ids: read off the
+    library's own encoding of a probe pair, so any template (BERT's, RoBERTa's as MPNet uses it) is assembled alike."""
+
+    prefix: tuple[int, ...]
+    middle: tuple[int, ...]
+    suffix: tuple[int, ...]
+    types: tuple[tuple[int, ...], int, tuple[int, ...], int, tuple[int, ...]]  # prefix, first, middle, second, suffix
+
+    @property
+    def specials(self) -> int:
+        return len(self.prefix) + len(self.middle) + len(self.suffix)
+
+    @classmethod
+    def read(cls, tokenizer: Tokenizer) -> PairTemplate | None:
+        """The template of `tokenizer` (no truncation, no padding), or None when a probe pair is not laid out as
+        specials, first sentence, specials, second sentence, specials."""
+        e = tokenizer.encode("a", "b")
+        seq = list(e.sequence_ids)
+        if seq.count(0) != 1 or seq.count(1) != 1 or seq.index(0) > seq.index(1):
+            return None
+        i, j = seq.index(0), seq.index(1)
+        ids, types = list(e.ids), list(e.type_ids)
+        if any(s is not None for s in seq[:i] + seq[i + 1 : j] + seq[j + 1 :]):
+            return None
+        return cls(
+            tuple(ids[:i]),
+            tuple(ids[i + 1 : j]),
+            tuple(ids[j + 1 :]),
+            (tuple(types[:i]), types[i], tuple(types[i + 1 : j]), types[j], tuple(types[j + 1 :])),
+        )
+
+    def assemble(self, first: Sequence[int], second: Sequence[int], max_length: int) -> EncodedPair:
+        """The row the library would give for these two sentences' token ids, cut `longest_first` to max_length."""
+        k1, k2 = longest_first(len(first), len(second), max_length - self.specials)
+        t_pre, t_first, t_mid, t_second, t_suf = self.types
+        ids = (*self.prefix, *first[:k1], *self.middle, *second[:k2], *self.suffix)
+        types = (*t_pre, *(t_first,) * k1, *t_mid, *(t_second,) * k2, *t_suf)
+        return EncodedPair(ids, types, (k1, k2), truncated=(k1, k2) != (len(first), len(second)))
+
+
 class PairEncoder:
     """A fast tokenizer set to `longest_first` truncation at `max_length`, without padding, at a bounded cost.
 
@@ -113,73 +151,99 @@ class PairEncoder:
     2,000 '.' characters each built 1,055 windows and took 260 ms, and 64 such pairs held 4 GB. A pair with a
     sentence longer than max_length characters is therefore tokenized one sentence at a time, without truncation
     (linear: 2-3 ms for 2,000 characters), and cut and assembled here by the library's own rule (`longest_first`)
-    into `[CLS] a [SEP] b [SEP]`: the same ids, checked against the library when the encoder is made.
+    into the tokenizer's pair template (`PairTemplate`): the same ids, checked against the library when the encoder
+    is made.
     """
 
     def __init__(self, tokenizer_file: Path, max_length: int) -> None:
         self.max_length = max_length
         self._tokenizer = Tokenizer.from_file(str(tokenizer_file))
         self._tokenizer.no_padding()
-        self._tokenizer.enable_truncation(max_length=max_length, strategy="longest_first")
         self._single = Tokenizer.from_file(str(tokenizer_file))
         self._single.no_padding()
         self._single.no_truncation()
-        empty = self._tokenizer.encode("", "")
-        self._cls, self._sep = (empty.ids[0], empty.ids[1]) if len(empty.ids) == 3 else (None, None)
-        if empty.type_ids != [0, 0, 1] or not self._agrees_with_the_library():
-            self._cls = self._sep = None  # not the BERT template: always use the library (no known case here)
+        self.template = PairTemplate.read(self._single)
+        self._tokenizer.enable_truncation(max_length=max_length, strategy="longest_first")
+        if self.template is not None and (self.template.specials >= max_length or not self._agrees_with_the_library()):
+            self.template = None  # a template this rule cannot reproduce: always use the library (no known case here)
 
     def _agrees_with_the_library(self) -> bool:
         probes = [("a " * n1, "b " * n2) for n1 in (0, 3, 60, 70, 130) for n2 in (0, 2, 61, 64, 65, 200)]
         return all(self._assemble(a, b) == self._library(a, b) for a, b in probes)
 
     def _library(self, a: str, b: str) -> EncodedPair:
-        e = self._tokenizer.encode(a, b)
-        return EncodedPair(tuple(e.ids), tuple(e.type_ids), truncated=bool(e.overflowing))
+        return row_of(self._tokenizer.encode(a, b))
 
     def _assemble(self, a: str, b: str) -> EncodedPair:
+        assert self.template is not None
         first, second = self._single.encode_batch([a, b], add_special_tokens=False)
-        k1, k2 = longest_first(len(first.ids), len(second.ids), self.max_length - 3)
-        ids = (self._cls, *first.ids[:k1], self._sep, *second.ids[:k2], self._sep)
-        return EncodedPair(ids, (0,) * (k1 + 2) + (1,) * (k2 + 1), truncated=(k1, k2) != (len(first.ids), len(second.ids)))
+        return self.template.assemble(first.ids, second.ids, self.max_length)
 
     def encode(self, pairs: Sequence[tuple[str, str]]) -> list[EncodedPair]:
         """Tokenize each (sentence1, sentence2) as one pair row."""
-        if self._cls is None:
+        if self.template is None:
             return [self._library(a, b) for a, b in pairs]
         long = [max(len(a), len(b)) > self.max_length for a, b in pairs]
         short = iter(self._tokenizer.encode_batch([pair for pair, is_long in zip(pairs, long, strict=True) if not is_long]))
-        return [self._assemble(a, b) if is_long else _row(next(short)) for (a, b), is_long in zip(pairs, long, strict=True)]
+        return [self._assemble(a, b) if is_long else row_of(next(short)) for (a, b), is_long in zip(pairs, long, strict=True)]
 
 
-def _row(e: Any) -> EncodedPair:
-    return EncodedPair(tuple(e.ids), tuple(e.type_ids), truncated=bool(e.overflowing))
+def row_of(e: Any) -> EncodedPair:
+    """The row of one tokenizers `Encoding` (or a transformers fast tokenizer's `.encodings[i]`)."""
+    sequences = list(e.sequence_ids)
+    counts = (sequences.count(0), sequences.count(1))
+    return EncodedPair(tuple(e.ids), tuple(e.type_ids), counts, truncated=bool(e.overflowing))
+
+
+# The inputs a BERT's forward takes, in its signature's order; other families take fewer (MPNet: no token types).
+BERT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a model's forward takes: its input names in signature order, and the tokenizer's padding id."""
+
+    names: tuple[str, ...] = BERT_INPUTS
+    pad_id: int = 0
+
+    def __post_init__(self) -> None:
+        unknown = set(self.names) - set(BERT_INPUTS)
+        if unknown or self.names[:2] != BERT_INPUTS[:2]:
+            raise ValueError(f"model inputs {self.names} are not input_ids, attention_mask[, token_type_ids]")
+
+
+BERT_SPEC = InputSpec()
 
 
 @dataclass(frozen=True)
 class PaddedBatch:
-    """Model inputs in the trace's argument order (input_ids, attention_mask, token_type_ids)."""
+    """A batch's model inputs, padded, in its model's argument order (`spec.names`)."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     token_type_ids: torch.Tensor
     rows: int  # real rows; the rest is padding
     real_tokens: int
+    spec: InputSpec = BERT_SPEC
 
-    def args(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def args(self) -> tuple[torch.Tensor, ...]:
         """The positional arguments of the traced module, in its forward signature's order."""
-        return (self.input_ids, self.attention_mask, self.token_type_ids)
+        return tuple(getattr(self, name) for name in self.spec.names)
+
+    def kwargs(self) -> dict[str, torch.Tensor]:
+        """The same inputs by name (the eager model's keyword arguments, OpenVINO's input names)."""
+        return {name: getattr(self, name) for name in self.spec.names}
 
     @property
     def padded_tokens(self) -> int:
         return int(self.input_ids.numel())
 
 
-def pad_batch(rows: Sequence[EncodedPair], batch_size: int, seq_len: int) -> PaddedBatch:
-    """Pad rows and columns with zeros (the [PAD] id, masked out) to exactly batch_size x seq_len."""
+def pad_batch(rows: Sequence[EncodedPair], batch_size: int, seq_len: int, spec: InputSpec) -> PaddedBatch:
+    """Pad rows and columns (the tokenizer's padding id, masked out) to exactly batch_size x seq_len."""
     if not 0 < len(rows) <= batch_size:
         raise ValueError(f"{len(rows)} rows do not fit a batch of {batch_size}")
-    ids = torch.zeros((batch_size, seq_len), dtype=torch.long)
+    ids = torch.full((batch_size, seq_len), spec.pad_id, dtype=torch.long)
     types = torch.zeros_like(ids)
     mask = torch.zeros_like(ids)
     real = 0
@@ -191,7 +255,7 @@ def pad_batch(rows: Sequence[EncodedPair], batch_size: int, seq_len: int) -> Pad
         types[i, :n] = torch.tensor(row.token_type_ids, dtype=torch.long)
         mask[i, :n] = 1
         real += n
-    return PaddedBatch(ids, mask, types, len(rows), real)
+    return PaddedBatch(ids, mask, types, len(rows), real, spec)
 
 
 def paraphrase_scores(logits: torch.Tensor) -> list[float]:

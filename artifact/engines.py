@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from artifact.encoding import TRACE_INPUTS, PaddedBatch
+from artifact.encoding import PaddedBatch
 from artifact.errors import ArtifactError, KernelUnsupported
 from artifact.quiet import load_module
 
@@ -98,11 +98,11 @@ class OpenVINOEngine:
         return request
 
     def logits(self, padded: PaddedBatch) -> torch.Tensor:
-        return self.forward(*padded.args())
+        return self.forward(padded.kwargs())
 
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        """Logits of the inputs in TRACE_INPUTS order, on this thread's infer request."""
-        arrays = {name: np.ascontiguousarray(t.numpy()) for name, t in zip(TRACE_INPUTS, inputs, strict=True)}
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits of the named inputs, on this thread's infer request."""
+        arrays = {name: np.ascontiguousarray(t.numpy()) for name, t in inputs.items()}
         result = self._request().infer(arrays)
         return torch.from_numpy(np.array(result[self._output], dtype=np.float32, copy=True))
 

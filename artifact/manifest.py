@@ -9,26 +9,29 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, ValidationError
+
 from artifact.errors import ArtifactError
 
+# 5: the tokenizer's padding id; the model's input names may be fewer than BERT's three (MPNet takes no segment ids).
 # 4: the engine an artifact needs (torchscript, openvino) and the digests of files beside the model file.
 # 3: typed manifest; int8 widths (`int8`), the build host's CPU, the source checkpoint by name (no host paths);
 #    int8-calibrated with 7-bit weights. 2: verified_shapes holds every (rows, columns) shape the build checked.
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 MODEL_FILE = "model.pt"
 OPENVINO_MODEL_FILE, OPENVINO_WEIGHTS_FILE = "model.xml", "model.bin"
 MANIFEST_FILE = "manifest.json"
 TOKENIZER_FILE = "tokenizer.json"
+REBUILD = "rebuild the artifact (python -m model_build build, or delete model-cache/ and run scripts/serve.sh)"
 
 
 class Variant(StrEnum):
-    """The artifact kinds the build makes; the service can serve any of them."""
+    """The artifact kinds the build makes (one entry each in the build's recipe table); the service serves any."""
 
     FP32 = "fp32"
     INT8 = "int8"
@@ -38,55 +41,57 @@ class Variant(StrEnum):
     OPENVINO_INT8 = "openvino-int8"
 
 
-@dataclass(frozen=True)
-class FileDigest:
+class _Record(BaseModel):
+    """A frozen part of the manifest: unknown fields are refused, types are checked (a bool is not an int)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+class FileDigest(_Record):
     """Size and sha256 of a file the model needs beside its model file (OpenVINO's weights)."""
 
     bytes: int
     sha256: str
 
 
-@dataclass(frozen=True)
-class TraceShape:
+class TraceShape(_Record):
     batch_size: int
     seq_len: int
 
 
-@dataclass(frozen=True)
-class TokenizerInfo:
+class TokenizerInfo(_Record):
     file: str
     sha256: str
     truncation: str
     max_length: int
+    pad_id: int  # the id padding columns hold (masked out; BERT's [PAD] is 0, MPNet's <pad> 1)
 
 
-@dataclass(frozen=True)
-class Source:
+class Source(_Record):
     """The checkpoint the artifact was built from: its folder's name (never a host path) and config hash."""
 
     checkpoint: str
     config_sha256: str
     random_init: bool = False  # True for `init-tiny` checkpoints: random weights, random answers
+    family: str = "bert"  # config.json's model_type
 
 
-@dataclass(frozen=True)
-class Int8Scheme:
+class Int8Scheme(_Record):
     """Bit widths of an int8 variant's GEMM inputs; activation_bits None when scales are taken per batch at run time."""
 
     weight_bits: int
     activation_bits: int | None
+    float_layers: tuple[str, ...] = ()  # Linears kept in floating point (the sensitive ones), if any
 
 
-@dataclass(frozen=True)
-class BatchInvariance:
+class BatchInvariance(_Record):
     batch_invariant: bool
     max_abs_logit_diff: float
     tolerance: float
     shapes: int
 
 
-@dataclass(frozen=True)
-class ActivationRange:
+class ActivationRange(_Record):
     """The calibrated input range of one Linear and the quint8 scale and zero point it maps to."""
 
     layer: str
@@ -96,9 +101,12 @@ class ActivationRange:
     zero_point: int
 
 
-@dataclass(frozen=True)
-class Manifest:
-    """What manifest.json says of an artifact; `parity`, `shape_parity`, `qconfig`, `op_counts` are reports for people."""
+class Manifest(_Record):
+    """What manifest.json says of an artifact; `parity`, `shape_parity`, `qconfig`, `op_counts` are reports for people.
+
+    Every reader (runtime, inspect, evaluate, the service) reads this one type: a missing or mistyped field, or
+    another format version, is one ArtifactError that says to rebuild.
+    """
 
     format_version: int
     name: str
@@ -110,8 +118,8 @@ class Manifest:
     model_file: str
     model_sha256: str
     model_bytes: int
-    engine: str  # artifact.engines: torchscript or openvino
-    extra_files: Mapping[str, FileDigest]
+    engine: str  # a key of artifact.engines.ENGINES
+    extra_files: dict[str, FileDigest]
     tokenizer: TokenizerInfo
     source: Source
     int8: Int8Scheme | None
@@ -123,11 +131,11 @@ class Manifest:
     transformers_version: str
     built_at: str
     build_seconds: float
-    build_cpu: Mapping[str, str] = field(default_factory=dict)
-    qconfig: Mapping[str, Any] | None = None
-    parity: Mapping[str, Any] = field(default_factory=dict)
-    shape_parity: Mapping[str, Any] = field(default_factory=dict)
-    op_counts: Mapping[str, int] = field(default_factory=dict)
+    build_cpu: dict[str, str] = {}
+    qconfig: dict[str, Any] | None = None
+    parity: dict[str, Any] = {}
+    shape_parity: dict[str, Any] = {}
+    op_counts: dict[str, int] = {}
 
     @property
     def size_bytes(self) -> int:
@@ -141,74 +149,23 @@ class Manifest:
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object manifest.json holds."""
-        out = asdict(self)
-        out["variant"] = str(self.variant)
-        out["verified_shapes"] = [list(s) for s in self.verified_shapes]
-        return out
+        return self.model_dump(mode="json")
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any], where: str = "manifest") -> Manifest:
-        """Parse and type-check a manifest.json object; ArtifactError naming the first problem."""
+    def from_json(cls, data: dict[str, Any], where: str = "manifest") -> Manifest:
+        """Parse and type-check a manifest.json object; ArtifactError naming the first problem.
+
+        Validated as JSON in strict mode: arrays for tuples, values for enums, and no coercion (a bool is not an int,
+        "8" is not 8)."""
         version = data.get("format_version")
         if version != FORMAT_VERSION:
-            raise ArtifactError(
-                f"{where} has format version {version}; this paraserve reads {FORMAT_VERSION}: rebuild the artifact "
-                "(python -m model_build build, or delete model-cache/ and run scripts/serve.sh)"
-            )
+            raise ArtifactError(f"{where} has format version {version}; this paraserve reads {FORMAT_VERSION}: {REBUILD}")
         try:
-            return cls(
-                format_version=_get(data, "format_version", int),
-                name=_get(data, "name", str),
-                variant=Variant(_get(data, "variant", str)),
-                trace_shape=TraceShape(**_get(data, "trace_shape", dict)),
-                verified_shapes=tuple((int(r), int(c)) for r, c in _get(data, "verified_shapes", list)),
-                input_names=tuple(_get(data, "input_names", list)),
-                labels=tuple(_get(data, "labels", list)),
-                model_file=_get(data, "model_file", str),
-                model_sha256=_get(data, "model_sha256", str),
-                model_bytes=_get(data, "model_bytes", int),
-                engine=_get(data, "engine", str),
-                extra_files={name: FileDigest(**d) for name, d in _get(data, "extra_files", dict).items()},
-                tokenizer=TokenizerInfo(**_get(data, "tokenizer", dict)),
-                source=Source(**_get(data, "source", dict)),
-                int8=_optional(data, "int8", Int8Scheme),
-                batch_invariance=_optional(data, "batch_invariance", BatchInvariance),
-                activation_ranges=tuple(ActivationRange(**r) for r in _get(data, "activation_ranges", list)),
-                linear_layers=tuple(_get(data, "linear_layers", list)),
-                attn_implementation=_get(data, "attn_implementation", str),
-                torch_version=_get(data, "torch_version", str),
-                transformers_version=_get(data, "transformers_version", str),
-                built_at=_get(data, "built_at", str),
-                build_seconds=float(_get(data, "build_seconds", (int, float))),
-                build_cpu=dict(_get(data, "build_cpu", dict)),
-                qconfig=data.get("qconfig"),
-                parity=dict(_get(data, "parity", dict)),
-                shape_parity=dict(_get(data, "shape_parity", dict)),
-                op_counts=dict(_get(data, "op_counts", dict)),
-            )
-        except ArtifactError:
-            raise
-        except (TypeError, ValueError) as exc:
-            raise ArtifactError(f"{where} is malformed ({exc}): rebuild the artifact") from exc
-
-
-def _get(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
-    if key not in data:
-        raise ArtifactError(f"manifest lacks {key!r}: rebuild the artifact")
-    value = data[key]
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
-        raise ArtifactError(
-            f"manifest field {key!r} is {type(value).__name__}, not {getattr(kind, '__name__', kind)}: rebuild the artifact"
-        )
-    return value
-
-
-def _optional(data: Mapping[str, Any], key: str, kind: type) -> Any:
-    """A field that must be present and may be null (fp32 has no int8 widths)."""
-    if key not in data:
-        raise ArtifactError(f"manifest lacks {key!r}: rebuild the artifact")
-    value = data[key]
-    return None if not value else kind(**value)
+            return cls.model_validate_json(json.dumps(data))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first.get("loc", ())) or "manifest"
+            raise ArtifactError(f"{where}: field {field!r}: {first.get('msg')}: {REBUILD}") from None
 
 
 def sha256_file(path: Path) -> str:

@@ -16,7 +16,7 @@ from typing import Literal
 
 import torch
 
-from artifact.encoding import EncodedPair, PaddedBatch, PairEncoder, pad_batch, paraphrase_scores
+from artifact.encoding import EncodedPair, InputSpec, PaddedBatch, PairEncoder, pad_batch, paraphrase_scores
 from artifact.engines import ENGINES, OPENVINO, Engine, load_engine, require_openvino
 from artifact.errors import ArtifactError, KernelUnsupported
 from artifact.kernels import require_fixed_range_kernel
@@ -157,6 +157,10 @@ class Runtime:
         self.shapes = sorted(verified) if self.padding == "buckets" else [trace_shape]
         self.columns = sorted({c for _, c in self.shapes})
         try:
+            self.spec = InputSpec(tuple(manifest.input_names), manifest.tokenizer.pad_id)
+        except ValueError as exc:
+            raise ArtifactError(f"{artifact_dir}: {exc}: rebuild the artifact") from exc
+        try:
             self.encoder = PairEncoder(artifact_dir / manifest.tokenizer.file, manifest.tokenizer.max_length)
         except Exception as exc:  # the tokenizers library raises its own Exception for a malformed file
             raise ArtifactError(f"cannot read {artifact_dir / manifest.tokenizer.file}: {str(exc).splitlines()[0]}") from exc
@@ -217,7 +221,7 @@ class Runtime:
 
     def forward(self, rows: Sequence[EncodedPair]) -> BatchResult:
         """Run up to batch_size rows padded to a verified shape; return P(paraphrase) per real row."""
-        padded = pad_batch(rows, *self.shape_for(rows))
+        padded = pad_batch(rows, *self.shape_for(rows), self.spec)
         started = time.perf_counter()
         logits = self._logits(padded)
         seconds = time.perf_counter() - started
@@ -244,7 +248,7 @@ class Runtime:
         row = self.encode([("warm up", "warming up")])[0]
         for _ in range(rounds):
             for n_rows, cols in self.shapes:
-                self._logits(pad_batch([row] * n_rows, n_rows, cols))
+                self._logits(pad_batch([row] * n_rows, n_rows, cols, self.spec))
 
     def time_forward(self, rows: int = 8, cols: int = 64, runs: int = 7) -> float:
         """Median seconds of one forward at rows x cols (after a warm-up of that shape): how `auto` compares engines.
@@ -253,7 +257,7 @@ class Runtime:
         """
         words = " ".join(["word"] * (cols // 2 - 2))  # two sentences of cols/2 - 2 tokens: cols - 1 with [CLS] and [SEP]s
         row = self.encode([(words, words)])[0]
-        batch = pad_batch([row] * rows, rows, max(cols, len(row)))
+        batch = pad_batch([row] * rows, rows, max(cols, len(row)), self.spec)
         times = []
         for _ in range(runs + 2):
             started = time.perf_counter()

@@ -54,7 +54,7 @@ def time_shapes(found: dict[str, Runtime], pairs: list[tuple[str, str]], rounds:
     batches = {}
     for n, cols in SHAPES:
         fitting = [r for r in rows if len(r) <= cols] or any_rt.encode([("a", "b")])
-        batches[(n, cols)] = pad_batch([fitting[i % len(fitting)] for i in range(n)], n, cols)
+        batches[(n, cols)] = pad_batch([fitting[i % len(fitting)] for i in range(n)], n, cols, any_rt.spec)
     times: dict[str, dict[str, list[float]]] = {name: {f"{n}x{c}": [] for n, c in SHAPES} for name in found}
     for rt in found.values():  # warm every shape once
         for batch in batches.values():

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from artifact import manifest as fmt
-from artifact.encoding import LABELS, TRACE_INPUTS, EncodedPair, PaddedBatch, PairEncoder, pad_batch, paraphrase_scores
+from artifact.encoding import LABELS, EncodedPair, InputSpec, PaddedBatch, PairEncoder, pad_batch, paraphrase_scores, row_of
 from artifact.engines import OPENVINO, TORCHSCRIPT
 from artifact.errors import KernelUnsupported
 from artifact.kernels import DYNAMIC_OP, FIXED_RANGE_OP, cpu_description, require_fixed_range_kernel
@@ -117,7 +117,7 @@ class BuiltVariant:
 
 
 def trace(model: torch.nn.Module, example: PaddedBatch) -> torch.jit.ScriptModule:
-    """torch.jit.trace with (input_ids, attention_mask, token_type_ids), the forward signature's order."""
+    """torch.jit.trace with the model's inputs in its forward signature's order (the example's spec)."""
     with torch.no_grad(), deprecations_silenced(tracing=True):
         return torch.jit.trace(model, example.args())
 
@@ -217,9 +217,9 @@ def compare(reference: Sequence[torch.Tensor], candidate: Sequence[torch.Tensor]
 
 def check_tokenizer(ckpt: Checkpoint, encoder: PairEncoder, pairs: Sequence[tuple[str, str]]) -> None:
     """The serving tokenizer (tokenizers on tokenizer.json) must give the checkpoint tokenizer's ids."""
-    expected = ckpt.tokenizer([a for a, _ in pairs], [b for _, b in pairs], truncation="longest_first", max_length=encoder.max_length)
-    for i, row in enumerate(encoder.encode(pairs)):
-        if list(row.input_ids) != expected["input_ids"][i] or list(row.token_type_ids) != expected["token_type_ids"][i]:
+    enc = ckpt.tokenizer([a for a, _ in pairs], [b for _, b in pairs], truncation="longest_first", max_length=encoder.max_length)
+    for i, (row, want) in enumerate(zip(encoder.encode(pairs), [row_of(e) for e in enc.encodings], strict=True)):
+        if (row.input_ids, row.token_type_ids, row.sentence_tokens) != (want.input_ids, want.token_type_ids, want.sentence_tokens):
             raise VerificationError(
                 f"tokenizer check failed: the saved tokenizer.json encodes parity pair {i} differently from the checkpoint's tokenizer"
             )
@@ -280,7 +280,7 @@ def short_rows(tokenizer_file: Path, rows: Sequence[EncodedPair], shapes: Sequen
     return extra
 
 
-def shape_batches(rows: Sequence[EncodedPair], shapes: Sequence[tuple[int, int]]) -> dict[tuple[int, int], ShapedBatch]:
+def shape_batches(rows: Sequence[EncodedPair], shapes: Sequence[tuple[int, int]], spec: InputSpec) -> dict[tuple[int, int], ShapedBatch]:
     """One batch per shape: parity rows that fit its columns (cycled), padded to exactly rows x columns."""
     batches = {}
     for n_rows, cols in shapes:
@@ -288,7 +288,7 @@ def shape_batches(rows: Sequence[EncodedPair], shapes: Sequence[tuple[int, int]]
         if not fitting:
             raise BuildError(f"no parity pair fits {cols} tokens; use larger --seq-buckets")
         ids = tuple(fitting[i % len(fitting)] for i in range(n_rows))
-        batches[(n_rows, cols)] = ShapedBatch(pad_batch([rows[i] for i in ids], n_rows, cols), ids)
+        batches[(n_rows, cols)] = ShapedBatch(pad_batch([rows[i] for i in ids], n_rows, cols, spec), ids)
     return batches
 
 
@@ -322,7 +322,8 @@ def check_batch_invariance(
     Measured for every variant; for `required` ones (fp32, int8-calibrated; openvino-int8 with its own tolerance)
     beyond `tolerance` fails the build. The runtime pads by length buckets by default only for artifacts that passed.
     """
-    alone = run(module, [pad_batch([row], 1, len(row)) for row in rows])
+    spec = next(iter(shaped.values())).batch.spec
+    alone = run(module, [pad_batch([row], 1, len(row), spec) for row in rows])
     worst = max(float((at[shape][j] - alone[i][0]).abs().max()) for shape, item in shaped.items() for j, i in enumerate(item.row_ids))
     if required and not worst <= tolerance:
         raise VerificationError(
@@ -341,7 +342,7 @@ def calibrate(ckpt: Checkpoint, encoder: PairEncoder, layers: Sequence[str], opt
         raise BuildError(f"cannot verify int8-calibrated at these widths on this host: {exc}") from exc
     assert opts.calibration_data is not None
     rows = calibration.calibration_rows(opts.calibration_data, encoder, opts.calibration_pairs)
-    observed = calibration.observe_ranges(ckpt.model, rows, layers)
+    observed = calibration.observe_ranges(ckpt.model, rows, layers, ckpt.spec)
     return calibration.activation_ranges(observed, layers, opts.activation_bits)
 
 
@@ -517,7 +518,7 @@ def build_variants(
         if recipe.engine == OPENVINO and encoder is not None and opts.calibration_data is not None:
             columns = sorted({c for _, c in shaped}) or [opts.seq_len]
             parity["label_stability"] = openvino_build.check_label_stability(
-                module, encoder, opts.calibration_data, columns, opts.batch_size, opts.seq_len
+                module, encoder, ckpt.spec, opts.calibration_data, columns, opts.batch_size, opts.seq_len
             )
         parity["linear_layers"], parity["encoder_linear_layers"] = linears
         log.info("%s verified: %s", variant, {k: parity[k] for k in ("max_abs_logit_diff", "max_abs_score_diff", "argmax_agreement")})
@@ -558,9 +559,12 @@ def build(model_dir: Path, out: Path, opts: BuildOptions | None = None) -> dict[
         encoder = PairEncoder(tokenizer_dir / fmt.TOKENIZER_FILE, opts.seq_len)
         check_tokenizer(ckpt, encoder, PARITY_PAIRS)
         rows = encoder.encode(PARITY_PAIRS)
-        batches = [pad_batch(rows[i : i + opts.batch_size], opts.batch_size, opts.seq_len) for i in range(0, len(rows), opts.batch_size)]
+        spec = ckpt.spec
+        batches = [
+            pad_batch(rows[i : i + opts.batch_size], opts.batch_size, opts.seq_len, spec) for i in range(0, len(rows), opts.batch_size)
+        ]
         rows = rows + short_rows(tokenizer_dir / fmt.TOKENIZER_FILE, rows, opts.shapes())
-        shaped = shape_batches(rows, opts.shapes())
+        shaped = shape_batches(rows, opts.shapes(), spec)
         layers = linear_execution_order(ckpt.model, batches[0])
         needs_ranges = any(v == Variant.INT8_CALIBRATED for v in opts.variants)
         ranges = calibrate(ckpt, encoder, layers, opts) if needs_ranges else []
@@ -607,26 +611,37 @@ def _write_variant(
         format_version=fmt.FORMAT_VERSION,
         name=opts.name or ckpt.path.resolve().name,
         variant=item.variant,
-        trace_shape=fmt.TraceShape(opts.batch_size, opts.seq_len),
+        trace_shape=fmt.TraceShape(batch_size=opts.batch_size, seq_len=opts.seq_len),
         verified_shapes=tuple(opts.shapes()),
         shape_parity=item.shape_parity,
         batch_invariance=item.batch_invariance,
         activation_ranges=tuple(item.activation_ranges),
-        input_names=TRACE_INPUTS,
+        input_names=ckpt.spec.names,
         labels=LABELS,
         model_file=model_path.name,
         model_sha256=fmt.sha256_file(model_path),
         model_bytes=model_path.stat().st_size,
         engine=engine,
         extra_files=extra_files,
-        tokenizer=fmt.TokenizerInfo(fmt.TOKENIZER_FILE, fmt.sha256_file(folder / fmt.TOKENIZER_FILE), "longest_first", opts.seq_len),
+        tokenizer=fmt.TokenizerInfo(
+            file=fmt.TOKENIZER_FILE,
+            sha256=fmt.sha256_file(folder / fmt.TOKENIZER_FILE),
+            truncation="longest_first",
+            max_length=opts.seq_len,
+            pad_id=ckpt.spec.pad_id,
+        ),
         int8=item.int8,
         qconfig=item.qconfig,
         attn_implementation=opts.attn_implementation,
         linear_layers=tuple(linear_layers),
         op_counts={k: v for k, v in item.op_counts.items() if any(w in k.lower() for w in ("linear", "quant", "matmul"))},
         parity=item.parity,
-        source=fmt.Source(ckpt.path.resolve().name, ckpt.config_sha256, random_init=ckpt.random_init),
+        source=fmt.Source(
+            checkpoint=ckpt.path.resolve().name,
+            config_sha256=ckpt.config_sha256,
+            random_init=ckpt.random_init,
+            family=ckpt.family.model_type,
+        ),
         torch_version=torch.__version__,
         transformers_version=transformers.__version__,
         build_cpu=cpu_description(),

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from artifact.encoding import EncodedPair, PairEncoder, pad_batch
+from artifact.encoding import EncodedPair, InputSpec, PairEncoder, pad_batch
 from artifact.kernels import DYNAMIC_OP, FIXED_RANGE_OP
 from artifact.manifest import ActivationRange
 from artifact.quiet import round_trip
@@ -35,7 +35,9 @@ def calibration_rows(data_dir: Path, encoder: PairEncoder, pairs: int, seed: int
     return encoder.encode([(p.sentence1, p.sentence2) for p in sample])
 
 
-def observe_ranges(model: torch.nn.Module, rows: Sequence[EncodedPair], layers: Sequence[str]) -> dict[str, tuple[float, float]]:
+def observe_ranges(
+    model: torch.nn.Module, rows: Sequence[EncodedPair], layers: Sequence[str], spec: InputSpec
+) -> dict[str, tuple[float, float]]:
     """Min and max of every named Linear's fp32 input over `rows`, each run alone at its own length (no padding)."""
     modules = dict(model.named_modules())
     ranges = {name: (0.0, 0.0) for name in layers}  # quantized ranges always include 0
@@ -52,7 +54,7 @@ def observe_ranges(model: torch.nn.Module, rows: Sequence[EncodedPair], layers: 
     try:
         with torch.inference_mode(), progress(total=len(rows), desc="calibrate", unit="pair") as bar:
             for row in rows:
-                model(*pad_batch([row], 1, len(row)).args())
+                model(*pad_batch([row], 1, len(row), spec).args())
                 bar.update(1)
     finally:
         for hook in hooks:
@@ -70,7 +72,7 @@ def activation_ranges(ranges: dict[str, tuple[float, float]], layers: Sequence[s
         observer = torch.ao.quantization.MinMaxObserver(dtype=torch.quint8, quant_min=0, quant_max=(1 << bits) - 1)
         observer(torch.tensor([lo, hi]))
         scale, zero_point = observer.calculate_qparams()
-        out.append(ActivationRange(name, lo, hi, float(scale), int(zero_point)))
+        out.append(ActivationRange(layer=name, min=lo, max=hi, scale=float(scale), zero_point=int(zero_point)))
     return out
 
 

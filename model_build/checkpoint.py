@@ -1,4 +1,4 @@
-"""Load and validate a local Hugging Face BertForSequenceClassification checkpoint (never a hub download)."""
+"""Load and validate a local Hugging Face sequence-classification checkpoint of a known family (never a hub download)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from artifact.encoding import LABELS
+from artifact.encoding import LABELS, InputSpec
 from model_build.errors import BuildError
+from model_build.families import Family, family_of
 
 log = logging.getLogger(__name__)
 
@@ -20,17 +21,29 @@ RANDOM_INIT_KEY = "paraserve_random_init"
 
 @dataclass
 class Checkpoint:
-    """A loaded checkpoint: the eager model, its fast tokenizer and what the manifest records of it."""
+    """A loaded checkpoint: the eager model, its fast tokenizer, its family and what the manifest records of it."""
 
     path: Path
-    model: Any  # transformers.BertForSequenceClassification
+    model: Any  # the family's transformers sequence-classification model
     tokenizer: Any  # transformers fast tokenizer
     config_sha256: str
+    family: Family
     random_init: bool = False
+
+    @property
+    def spec(self) -> InputSpec:
+        """What the model's forward takes: the family's inputs, padded with the tokenizer's padding id."""
+        return self.family.input_spec(pad_id(self.tokenizer))
+
+
+def pad_id(tokenizer: Any) -> int:
+    """The tokenizer's padding id (0 when it declares none, as BERT's [PAD] is)."""
+    value = getattr(tokenizer, "pad_token_id", None)
+    return 0 if value is None else int(value)
 
 
 def read_config(model_dir: Path) -> dict[str, Any]:
-    """Read config.json of a checkpoint folder, raising BuildError for anything that is not a BERT."""
+    """Read config.json of a checkpoint folder, raising BuildError for anything of no known family."""
     if not model_dir.is_dir():
         raise BuildError(f"checkpoint folder {model_dir} does not exist")
     config_path = model_dir / "config.json"
@@ -40,8 +53,7 @@ def read_config(model_dir: Path) -> dict[str, Any]:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BuildError(f"{config_path} is not readable JSON: {exc}") from exc
-    if config.get("model_type") != "bert":
-        raise BuildError(f"{model_dir} holds a {config.get('model_type')!r} model; paraserve builds BERT (model_type 'bert')")
+    family_of(config, str(model_dir))
     return config
 
 
@@ -64,36 +76,38 @@ def load_tokenizer(model_dir: Path, vocab_size: int | None = None) -> Any:
     return tokenizer
 
 
-def load_for_tracing(model_dir: Path, *, attn_implementation: str = "eager") -> Checkpoint:
-    """Load a fine-tuned 2-label BertForSequenceClassification for tracing (tuple output, eval mode)."""
+def load_for_tracing(model_dir: Path, *, attn_implementation: str | None = None) -> Checkpoint:
+    """Load a fine-tuned 2-label classifier of a known family for tracing (tuple output, eval mode); attention: the
+    family's tracing kernel unless given."""
     config = read_config(model_dir)
+    family = family_of(config, str(model_dir))
     architectures = config.get("architectures") or []
-    if "BertForSequenceClassification" not in architectures:
+    if family.classifier not in architectures:
         raise BuildError(
-            f"{model_dir} is not a BERT sequence-classification checkpoint (architectures: {architectures}); "
+            f"{model_dir} is not a {family.classifier} checkpoint (architectures: {architectures}); "
             "fine-tune it first with `python -m model_build finetune`"
         )
     num_labels = len(config.get("id2label") or {}) or config.get("num_labels", 2)
     if num_labels != 2:
         raise BuildError(f"{model_dir} has {num_labels} labels; a paraphrase classifier needs exactly 2")
     tokenizer = load_tokenizer(model_dir, config.get("vocab_size"))
-    model = _from_pretrained(model_dir, attn_implementation=attn_implementation)
-    return Checkpoint(model_dir, model, tokenizer, config_hash(model_dir), bool(config.get(RANDOM_INIT_KEY)))
+    model = _from_pretrained(model_dir, family, attn_implementation=attn_implementation or family.trace_attention)
+    return Checkpoint(model_dir, model, tokenizer, config_hash(model_dir), family, bool(config.get(RANDOM_INIT_KEY)))
 
 
-def load_base(model_dir: Path, *, attn_implementation: str = "eager") -> Checkpoint:
-    """Load any BERT checkpoint with a (new, if absent) 2-way classification head, for fine-tuning."""
+def load_base(model_dir: Path) -> Checkpoint:
+    """Load any checkpoint of a known family with a (new, if absent) 2-way classification head, for fine-tuning with
+    the family's training attention kernel."""
     config = read_config(model_dir)
+    family = family_of(config, str(model_dir))
     tokenizer = load_tokenizer(model_dir, config.get("vocab_size"))
-    model = _from_pretrained(model_dir, attn_implementation=attn_implementation, new_head_ok=True)
-    return Checkpoint(model_dir, model, tokenizer, config_hash(model_dir))
+    model = _from_pretrained(model_dir, family, attn_implementation=family.train_attention, new_head_ok=True)
+    return Checkpoint(model_dir, model, tokenizer, config_hash(model_dir), family)
 
 
-def _from_pretrained(model_dir: Path, *, attn_implementation: str, new_head_ok: bool = False) -> Any:
-    from transformers import BertForSequenceClassification
-
+def _from_pretrained(model_dir: Path, family: Family, *, attn_implementation: str, new_head_ok: bool = False) -> Any:
     try:
-        model, info = BertForSequenceClassification.from_pretrained(
+        model, info = family.classifier_class().from_pretrained(
             str(model_dir),
             num_labels=2,
             id2label=dict(enumerate(LABELS)),
@@ -105,7 +119,7 @@ def _from_pretrained(model_dir: Path, *, attn_implementation: str, new_head_ok: 
             output_loading_info=True,
         )
     except Exception as exc:  # a missing or corrupt weights file surfaces as several exception types
-        raise BuildError(f"cannot load BERT weights from {model_dir}: {exc}") from exc
+        raise BuildError(f"cannot load {family.model_type} weights from {model_dir}: {exc}") from exc
     missing = [k for k in info.get("missing_keys", []) if k.startswith("classifier.")]
     if missing and not new_head_ok:
         raise BuildError(f"{model_dir} has no trained classification head (missing {', '.join(sorted(missing))})")

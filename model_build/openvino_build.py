@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from artifact.encoding import TRACE_INPUTS, EncodedPair, PaddedBatch, PairEncoder, pad_batch, paraphrase_scores
+from artifact.encoding import EncodedPair, InputSpec, PaddedBatch, PairEncoder, pad_batch, paraphrase_scores
 from artifact.engines import OPENVINO_PRECISION, OpenVINOEngine
 from artifact.manifest import OPENVINO_MODEL_FILE, OPENVINO_WEIGHTS_FILE, FileDigest, file_digest
 from artifact.quiet import deprecations_silenced
@@ -48,7 +48,7 @@ def available() -> str | None:
 
 @dataclass
 class OpenVINOModule:
-    """An OpenVINO model called like the traced module: (input_ids, attention_mask, token_type_ids) -> (logits,).
+    """An OpenVINO model called like the traced module: its inputs in the model's order -> (logits,).
     It runs on the service's own engine (one stream, one thread), so the build verifies what the runtime runs."""
 
     model: Any  # openvino.Model, saved by `save`
@@ -59,7 +59,8 @@ class OpenVINOModule:
         return cls(model, OpenVINOEngine(model))
 
     def __call__(self, *args: torch.Tensor) -> tuple[torch.Tensor]:
-        return (self.engine.forward(*args),)
+        names = [port.get_any_name() for port in self.model.inputs]
+        return (self.engine.forward(dict(zip(names, args, strict=True))),)
 
     def op_counts(self) -> dict[str, int]:
         return dict(Counter(op.get_type_name() for op in self.model.get_ops()).most_common())
@@ -80,7 +81,7 @@ class OpenVINOModule:
 
 
 def _inputs(batch: PaddedBatch) -> dict[str, np.ndarray]:
-    return {name: t.numpy() for name, t in zip(TRACE_INPUTS, batch.args(), strict=True)}
+    return {name: t.numpy() for name, t in batch.kwargs().items()}
 
 
 def convert(model: torch.nn.Module, example: PaddedBatch) -> Any:
@@ -88,7 +89,7 @@ def convert(model: torch.nn.Module, example: PaddedBatch) -> Any:
     import openvino as ov
 
     with torch.no_grad(), deprecations_silenced(tracing=True):  # the converter traces, with the tracer's notices
-        converted = ov.convert_model(model, example_input={n: t for n, t in zip(TRACE_INPUTS, example.args(), strict=True)})
+        converted = ov.convert_model(model, example_input=example.kwargs())
     converted.reshape({port.get_any_name(): ov.PartialShape([-1, -1]) for port in converted.inputs})
     return converted
 
@@ -98,7 +99,7 @@ def quantize(model: torch.nn.Module, example: PaddedBatch, rows: Sequence[Encode
     import nncf
 
     ov_model = convert(model, example)
-    dataset = nncf.Dataset(list(rows), lambda row: _inputs(pad_batch([row], 1, len(row))))
+    dataset = nncf.Dataset(list(rows), lambda row: _inputs(pad_batch([row], 1, len(row), example.spec)))
     quantized = nncf.quantize(ov_model, dataset, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(rows))
     return OpenVINOModule.compile(quantized)
 
@@ -140,7 +141,13 @@ def _is_quantized_weight(node: Any) -> bool:
 
 
 def check_label_stability(
-    module: OpenVINOModule, encoder: PairEncoder, data_dir: Path, columns: Sequence[int], batch_size: int, seq_len: int
+    module: OpenVINOModule,
+    encoder: PairEncoder,
+    spec: InputSpec,
+    data_dir: Path,
+    columns: Sequence[int],
+    batch_size: int,
+    seq_len: int,
 ) -> dict[str, Any]:
     """Each pair of MRPC dev and train scored alone (1 row at its own length bucket) and in file order inside full
     batch_size x seq_len batches: the labels must be the same; the largest score difference is recorded."""
@@ -152,11 +159,11 @@ def check_label_stability(
         batched: list[float] = []
         for start in range(0, len(rows), batch_size):
             chunk = rows[start : start + batch_size]
-            (logits,) = module(*pad_batch(chunk, batch_size, seq_len).args())
+            (logits,) = module(*pad_batch(chunk, batch_size, seq_len, spec).args())
             batched += paraphrase_scores(logits[: len(chunk)])
         for i, row in progress(iterable=list(enumerate(rows)), desc=f"label stability ({split})", unit="pair", leave=False):
             cols = next(c for c in buckets if c >= len(row))
-            (logits,) = module(*pad_batch([row], 1, cols).args())
+            (logits,) = module(*pad_batch([row], 1, cols, spec).args())
             alone = paraphrase_scores(logits)[0]
             worst = max(worst, abs(alone - batched[i]))
             labels_moved += (alone >= 0.5) != (batched[i] >= 0.5)

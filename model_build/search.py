@@ -8,7 +8,9 @@ pair) fall in one fold, so a held-out pair never has a sentence the fold's model
 pair is made from it inside its own fold. Each candidate is trained once per fold (and seed); its held-out fold is
 scored after every epoch (the curve gives the epoch count for free, with the schedule the candidate declares), and after
 the last epoch also with each pair's P(paraphrase) averaged over both sentence orders: what test-time order averaging
-would add at twice the inference cost.
+would add at twice the inference cost. Every held-out pair's P(paraphrase) after the last epoch is kept in the JSON
+(`held_out`: train index -> score): out-of-fold scores of the whole train split, from which a cascade's uncertainty
+band is chosen (model_build/cascade.py) without a model ever scoring a pair it trained on.
 """
 
 from __future__ import annotations
@@ -25,15 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from artifact.kernels import available_cpus, cpu_description
-from model_build.checkpoint import load_base, load_tokenizer, read_config
+from model_build.checkpoint import Checkpoint, load_base
 from model_build.errors import BuildError
 from model_build.finetune import (
-    TRAIN_ATTENTION,
     EncodedSet,
-    default_base_model,
     encode_pairs,
     estimated_seconds,
     paraphrase_probabilities,
+    resolve_precision,
     score,
     train,
     training_steps,
@@ -102,7 +103,7 @@ def search(
     *,
     folds: int = 3,
     seeds: Sequence[int] = (DEFAULT_SEED,),
-    base_model: Path | None = None,
+    base_model: Path,
     threads: int | None = None,
     max_length: int = 128,
     limit_train: int | None = None,
@@ -117,17 +118,21 @@ def search(
     recipes = {name: recipe(name) for name in dict.fromkeys(candidates)}
     if not recipes:
         raise BuildError("no candidate recipes to search")
-    base = base_model or default_base_model()
+    base = base_model
     pairs = load_split(data_dir, "train")[:limit_train]  # the only split read
     fold_of = stratified_group_folds(pairs, folds)
     torch.set_num_threads(threads or available_cpus())
-    tokenizer = load_tokenizer(base, read_config(base).get("vocab_size"))
-    data = encode_pairs(tokenizer, pairs, max_length)
+    precisions = {p: resolve_precision(p, torch.get_num_threads()) for p in {r.precision for r in recipes.values()}}
+    probe = load_base(base)
+    parameters = sum(p.numel() for p in probe.model.parameters())
+    data = encode_pairs(probe.tokenizer, pairs, max_length)
+    del probe
     splits = [([i for i, f in enumerate(fold_of) if f != k], [i for i, f in enumerate(fold_of) if f == k]) for k in range(folds)]
 
     total = sum(training_steps(len(tr), r, max_steps) for r in recipes.values() for _ in seeds for tr, _ in splits)
-    shape = (len(recipes), len(seeds), folds, len(pairs), total, estimated_seconds(total, torch.get_num_threads()) / 60)
-    log.info("cross-validating %d recipes x %d seeds x %d folds of %d train pairs: %d steps, about %.0f minutes here", *shape)
+    minutes = estimated_seconds(total, torch.get_num_threads(), parameters) / 60
+    shape = (len(recipes), len(seeds), folds, len(pairs), total, minutes, "; ".join(why for _, why in precisions.values()))
+    log.info("cross-validating %d recipes x %d seeds x %d folds of %d train pairs: %d steps, about %.0f minutes here (%s)", *shape)
     runs: list[dict[str, Any]] = []
     started = time.perf_counter()
     with progress(total=total, desc="search", unit="step") as bar:
@@ -135,34 +140,49 @@ def search(
             for seed in seeds:
                 for k, (train_ids, held_ids) in enumerate(splits):
                     bar.set_description(f"search {name} seed {seed} fold {k + 1}/{folds}", refresh=False)
-                    run = _fold(base, data, train_ids, held_ids, r, seed=seed, bar=bar, max_steps=max_steps)
+                    bf16 = precisions[r.precision][0]
+                    run = _fold(base, data, train_ids, held_ids, r, seed=seed, bar=bar, bf16=bf16, max_steps=max_steps)
                     runs.append({"candidate": name, "seed": seed, "fold": k} | run)
                     log.info("%s seed %d fold %d: held-out F1 by epoch %s", name, seed, k + 1, [round(e["f1"], 4) for e in run["epochs"]])
-    return _summarise(recipes, runs, folds, seeds, len(pairs), time.perf_counter() - started, base)
+    result = _summarise(recipes, runs, folds, seeds, len(pairs), time.perf_counter() - started, base)
+    result["precision"] = {str(p): why for p, (_, why) in precisions.items()}
+    return result
 
 
 def _fold(
-    base: Path, data: EncodedSet, train_ids: list[int], held_ids: list[int], r: Recipe, *, seed: int, bar: Any, max_steps: int | None
+    base: Path,
+    data: EncodedSet,
+    train_ids: list[int],
+    held_ids: list[int],
+    r: Recipe,
+    *,
+    seed: int,
+    bar: Any,
+    bf16: bool,
+    max_steps: int | None,
 ) -> dict[str, Any]:
     """Train a fresh base model on the other folds; score the held-out fold after each epoch (both orders after the last)."""
     import torch
 
     torch.manual_seed(seed)
-    model = load_base(base, attn_implementation=TRAIN_ATTENTION).model
+    ckpt: Checkpoint = load_base(base)
     held = data.subset(held_ids)
     curve: list[dict[str, float]] = []
+    last: list[float] = []
 
     def held_out(epoch: int) -> None:
-        p = paraphrase_probabilities(model, held.rows)
+        p = paraphrase_probabilities(ckpt, held.rows)
+        last[:] = p
         curve.append({"epoch": epoch, **score(held.labels, p)})
         if epoch == r.epochs:  # what averaging both orders would add
-            q = paraphrase_probabilities(model, held.swapped)
+            q = paraphrase_probabilities(ckpt, held.swapped)
             both = score(held.labels, [(a + b) / 2 for a, b in zip(p, q, strict=True)])
             curve[-1] |= {"f1_both_orders": both["f1"], "accuracy_both_orders": both["accuracy"]}
 
     started = time.perf_counter()
-    losses = train(model, data.subset(train_ids), r, seed=seed, bar=bar, max_steps=max_steps, after_epoch=held_out)
+    losses = train(ckpt, data.subset(train_ids), r, seed=seed, bar=bar, bf16=bf16, max_steps=max_steps, after_epoch=held_out)
     return {
+        "held_out": dict(zip(held_ids, last, strict=True)),
         "train_pairs": len(train_ids),
         "held_out_pairs": len(held_ids),
         "held_out_paraphrase_share": sum(held.labels) / len(held.labels),
@@ -201,7 +221,7 @@ def _summarise(
         "train_pairs": n_pairs,
         "folds": folds,
         "seeds": list(seeds),
-        "base_model": str(base),
+        "base_model": base.name,
         "candidates": summary,
         "chosen": {"candidate": name, "epoch": epoch, "recipe": asdict(chosen), "cv_f1": summary[name]["by_epoch"][epoch]["f1"]},
         "runs": runs,

@@ -25,7 +25,7 @@ def _batches(ckpt, tmp_path: Path):
     ckpt.tokenizer.save_pretrained(str(tmp_path / "tok"))
     encoder = PairEncoder(tmp_path / "tok" / "tokenizer.json", 128)
     rows = encoder.encode(PARITY_PAIRS)
-    return [pad_batch(rows[i : i + 8], 8, 128) for i in range(0, len(rows), 8)]
+    return [pad_batch(rows[i : i + 8], 8, 128, ckpt.spec) for i in range(0, len(rows), 8)]
 
 
 def test_all_variants_are_written_with_a_manifest_that_matches(tiny_artifacts: Path):
@@ -105,7 +105,7 @@ def test_fixing_ranges_needs_one_range_per_linear(tiny_checkpoint: Path, tmp_pat
     ckpt = load_for_tracing(tiny_checkpoint)
     module = quantize_int8(trace(ckpt.model, _batches(ckpt, tmp_path)[0]))
     with pytest.raises(BuildError, match=f"{TINY_LINEARS} quantized::linear_dynamic ops in the graph but 1 calibrated"):
-        fix_activation_ranges(module, [ActivationRange("x", -1.0, 1.0, 0.01, 128)])
+        fix_activation_ranges(module, [ActivationRange(layer="x", min=-1.0, max=1.0, scale=0.01, zero_point=128)])
 
 
 def test_saved_artifacts_reload_and_reproduce_the_eager_model(tiny_artifacts: Path, tiny_checkpoint: Path, tmp_path: Path):
@@ -201,7 +201,7 @@ def _assert_error(capsys: pytest.CaptureFixture[str], code: int, pattern: str) -
         ("not_bert", r"error: .* holds a 'gpt2' model"),
         ("three_labels", r"error: .* has 3 labels; a paraphrase classifier needs exactly 2"),
         ("no_tokenizer", r"error: cannot load a tokenizer from"),
-        ("no_head", r"error: .* is not a BERT sequence-classification checkpoint"),
+        ("no_head", r"error: .* is not a BertForSequenceClassification checkpoint"),
     ],
 )
 def test_bad_checkpoints_exit_2_and_leave_nothing(

@@ -202,7 +202,7 @@ def test_ensure_default_retrains_a_checkpoint_of_an_earlier_recipe_once(
     (checkpoint / "training.json").write_text(json.dumps({"config": {"epochs": 3}, "best_epoch": 3}))  # the pre-recipe default's
     trained: list[str] = []
 
-    def fake_finetune(data_dir: Path, out: Path, *, config: default_model.FinetuneConfig, force: bool) -> FinetuneReport:
+    def fake_finetune(data_dir: Path, out: Path, *, base_model: Path, config: default_model.FinetuneConfig, force: bool) -> FinetuneReport:
         trained.append(str(out))
         shutil.rmtree(out)
         shutil.copytree(tiny_checkpoint, out)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer
 
-from artifact.encoding import EncodedPair, PairEncoder, longest_first, silent_ranges
+from artifact.encoding import PairEncoder, longest_first, silent_ranges
 
 WORDS = [
     "the",
@@ -70,10 +70,11 @@ def test_longest_first_keeps_a_short_sentence_whole_and_splits_two_long_ones():
     assert longest_first(200, 200, 125) == (62, 63)  # a tie: the second gets the odd token
 
 
-def test_sentence_token_counts():
-    row = EncodedPair((101, 7, 8, 102, 9, 102), (0, 0, 0, 0, 1, 1))
-    assert row.sentence_tokens == (2, 1)
-    assert EncodedPair((101, 102, 9, 102), (0, 0, 1, 1)).sentence_tokens == (0, 1)
+def test_sentence_token_counts_come_from_the_tokenizers_sequence_ids(tokenizer_file: Path):
+    encoder = PairEncoder(tokenizer_file, 128)
+    assert encoder.encode([("a cat", "dog")])[0].sentence_tokens == (2, 1)
+    assert encoder.encode([("\u200b", "dog")])[0].sentence_tokens == (0, 1)
+    assert encoder._assemble("a cat", "dog").sentence_tokens == (2, 1)
 
 
 def test_silent_ranges_are_exactly_the_characters_that_tokenize_to_nothing(tokenizer_file: Path):

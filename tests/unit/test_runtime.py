@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -17,7 +16,7 @@ from model_build.parity_pairs import PARITY_PAIRS
 
 
 def row(n: int) -> EncodedPair:
-    return EncodedPair(tuple([101] + [2000] * (n - 2) + [102]), tuple([0] * n))
+    return EncodedPair(tuple([101] + [2000] * (n - 2) + [102]), tuple([0] * n), (n - 3, 1))
 
 
 def test_fixed_padding_always_uses_the_trace_shape(tiny_artifacts: Path):
@@ -38,7 +37,7 @@ def test_buckets_use_the_cheapest_verified_shape(tiny_artifacts: Path):
 
 def test_buckets_only_use_shapes_the_manifest_verified(tiny_artifacts: Path):
     rt = Runtime.load(tiny_artifacts / "int8", padding="buckets")
-    manifest = dataclasses.replace(rt.manifest, verified_shapes=((8, 64), (8, 128)))
+    manifest = rt.manifest.model_copy(update={"verified_shapes": ((8, 64), (8, 128))})
     narrowed = Runtime(rt.artifact_dir, manifest, rt.engine, "buckets")
     assert narrowed.shape_for([row(5)]) == (8, 64)
 
@@ -142,5 +141,5 @@ def test_an_artifact_of_an_older_format_is_refused_with_one_rebuild_line(tiny_ar
         read_manifest(old)
     manifest["format_version"] = FORMAT_VERSION  # the current version, but a field missing: the same one-line kind of refusal
     (old / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ArtifactError, match=r"manifest lacks 'int8': rebuild the artifact"):
+    with pytest.raises(ArtifactError, match=r"field 'int8': Field required: rebuild the artifact"):
         read_manifest(old)
