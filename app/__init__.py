@@ -1,1 +1,1 @@
-"""paraserve: an HTTP service answering "are these two sentences paraphrases?" with a TorchScript BERT."""
+"""paraserve: answers "are these two sentences paraphrases?" over HTTP, OIP v2 REST and gRPC with int8 BERT-family models."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -201,31 +202,43 @@ def read_manifest(artifact_dir: Path) -> Manifest:
     return Manifest.from_json(data, str(path))
 
 
-def verify_artifact(artifact_dir: Path) -> Manifest:
-    """Read the manifest and check every model file's and the tokenizer's size and sha256 against it; return the manifest."""
+@dataclass(frozen=True)
+class VerifiedArtifact:
+    """A manifest and the bytes of its model file and the files beside it, as read once and checked against it."""
+
+    manifest: Manifest
+    contents: dict[str, bytes]
+
+
+def read_artifact(artifact_dir: Path) -> VerifiedArtifact:
+    """Read the manifest, read every model file into memory and check its size and sha256 against the manifest (and
+    the tokenizer's): what is served is exactly the bytes checked, whatever happens to the files afterwards."""
     manifest = read_manifest(artifact_dir)
-    model_path = artifact_dir / manifest.model_file
+    expected = {manifest.model_file: FileDigest(bytes=manifest.model_bytes, sha256=manifest.model_sha256), **manifest.extra_files}
+    contents: dict[str, bytes] = {}
     try:
-        if not model_path.is_file():
-            raise ArtifactError(f"{model_path} is missing")
-        size = model_path.stat().st_size
-        if size != manifest.model_bytes:
-            raise ArtifactError(f"{model_path} is {size} bytes but the manifest says {manifest.model_bytes}: refusing a modified model")
-        digest = sha256_file(model_path)
-        if digest != manifest.model_sha256:
-            raise ArtifactError(
-                f"{model_path} has sha256 {digest} but the manifest says {manifest.model_sha256}: refusing a modified model"
-            )
-        for name, expected in manifest.extra_files.items():
+        for name, digest in expected.items():
             path = artifact_dir / name
-            if not path.is_file() or file_digest(path) != expected:
-                raise ArtifactError(f"{path} is missing or does not match the manifest's size and sha256: refusing a modified model")
+            if not path.is_file():
+                raise ArtifactError(f"{path} is missing")
+            data = path.read_bytes()
+            if len(data) != digest.bytes:
+                raise ArtifactError(f"{path} is {len(data)} bytes but the manifest says {digest.bytes}: refusing a modified model")
+            got = hashlib.sha256(data).hexdigest()
+            if got != digest.sha256:
+                raise ArtifactError(f"{path} has sha256 {got} but the manifest says {digest.sha256}: refusing a modified model")
+            contents[name] = data
         tokenizer_path = artifact_dir / manifest.tokenizer.file
         if not tokenizer_path.is_file() or sha256_file(tokenizer_path) != manifest.tokenizer.sha256:
             raise ArtifactError(f"{tokenizer_path} is missing or does not match the manifest's sha256")
     except OSError as exc:  # unreadable file (permissions, I/O error): one line, not a traceback
         raise ArtifactError(f"cannot read the artifact in {artifact_dir}: {exc.strerror or exc} ({exc.filename})") from exc
-    return manifest
+    return VerifiedArtifact(manifest, contents)
+
+
+def verify_artifact(artifact_dir: Path) -> Manifest:
+    """Read the manifest and check every model file's and the tokenizer's size and sha256 against it; return the manifest."""
+    return read_artifact(artifact_dir).manifest
 
 
 def file_digest(path: Path) -> FileDigest:

@@ -17,54 +17,40 @@ from typing import Literal
 import torch
 
 from artifact.encoding import EncodedPair, InputSpec, PaddedBatch, PairEncoder, pad_batch, paraphrase_scores
-from artifact.engines import ENGINES, OPENVINO, Engine, load_engine, require_openvino
+from artifact.engines import Engine, ModelFiles, check_runnable, load_engine
 from artifact.errors import ArtifactError, KernelUnsupported
-from artifact.kernels import require_fixed_range_kernel
-from artifact.manifest import MANIFEST_FILE, Manifest, Variant, read_manifest, variant_folders, verify_artifact
+from artifact.manifest import MANIFEST_FILE, Manifest, Variant, read_artifact, read_manifest, variant_folders
 
 log = logging.getLogger(__name__)
 
 Padding = Literal["auto", "fixed", "buckets"]
-EngineChoice = Literal["auto", "torchscript", "openvino"]
 # What to serve from an artifacts root, best first: int8 with fixed activation ranges (either engine: `auto` times
-# the two on this host and serves the faster), then dynamic int8, then fp32.
+# the engines on this host and serves the faster), then dynamic int8, then fp32.
 SERVING_PREFERENCE = (Variant.OPENVINO_INT8, Variant.INT8_CALIBRATED, Variant.INT8, Variant.FP32)
-# Variants that compete on speed when the engine is `auto`: the same accuracy class, different engines.
-RACED = frozenset({Variant.OPENVINO_INT8, Variant.INT8_CALIBRATED})
+
+
+def accuracy_class(manifest: Manifest) -> str:
+    """What an artifact's numerics are, whatever its engine: `auto` races the engines of one class against each other.
+
+    Fixed-range int8 (calibrated activation scales: a pair's score does not depend on its batch) is one class on
+    every engine; dynamic int8 (scales per batch at run time) another; float a third.
+    """
+    scheme = manifest.int8
+    if scheme is None:
+        return "float"
+    return "int8-dynamic" if scheme.activation_bits is None else "int8-fixed"
 
 
 def resolve_padding(padding: Padding, manifest: Manifest) -> Literal["fixed", "buckets"]:
     """auto: length buckets for batch-invariant artifacts (same answers, less padding), else the fixed trace shape.
 
-    Only shapes the build verified, for both engines. OpenVINO could take each batch at its own longest row (dynamic
+    Only shapes the build verified, for every engine. OpenVINO could take each batch at its own longest row (dynamic
     shapes): measured 1.06x the pairs/s of buckets, but its CPU plugin caches kernels per distinct shape and RSS grew to
     1.9 GB in 40 s of MRPC traffic (capping that cache made it slower than buckets), so clients would choose the memory.
     """
     if padding == "auto":
         return "buckets" if manifest.is_batch_invariant else "fixed"
     return padding
-
-
-def check_runnable(manifest: Manifest) -> None:
-    """KernelUnsupported when this process cannot run the artifact (its engine is not installed) or cannot reproduce
-    its verified int8 numerics (the quantized engine or CPU kernel)."""
-    if manifest.engine not in ENGINES:
-        raise ArtifactError(f"{manifest.name} needs engine {manifest.engine!r}; this paraserve runs {', '.join(ENGINES)}")
-    if manifest.engine == OPENVINO:
-        try:
-            require_openvino()
-        except KernelUnsupported as exc:
-            raise KernelUnsupported(f"{manifest.name} ({manifest.variant}) cannot run here: {exc}") from exc
-        return
-    if manifest.variant != Variant.INT8_CALIBRATED:
-        return  # fp32 and dynamic int8 run on every engine and kernel path
-    scheme = manifest.int8
-    if scheme is None or scheme.activation_bits is None:
-        raise ArtifactError(f"{manifest.name} ({manifest.variant}) records no int8 widths: rebuild the artifact")
-    try:
-        require_fixed_range_kernel(scheme.activation_bits, scheme.weight_bits)
-    except KernelUnsupported as exc:
-        raise KernelUnsupported(f"{manifest.name} ({manifest.variant}) cannot run here: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -80,13 +66,14 @@ class Choice:
     rivals: tuple[Path, ...] = ()
 
 
-def choose_artifact(path: Path, engine: EngineChoice = "auto") -> Choice:
+def choose_artifact(path: Path, engine: str = "auto") -> Choice:
     """The folder to serve for `path`: a variant folder, or an artifacts root holding several.
 
     A root serves the best variant this host can run (SERVING_PREFERENCE, only `engine`'s unless `auto`). A
     variant folder this host cannot run (its int8 widths need VNNI, or its engine is not installed) falls back to the
     best runnable sibling, so an image or cache built elsewhere still serves; only when nothing there can run is it
-    refused. With `auto`, a root's int8-calibrated and openvino-int8 are rivals: the caller times them.
+    refused. With `auto`, the runnable variants of the best one's accuracy class on other engines are its rivals
+    (int8-calibrated and openvino-int8 today): the caller times them.
     """
     wanted_engine = None if engine == "auto" else engine
     if (path / MANIFEST_FILE).is_file():
@@ -125,7 +112,8 @@ def choose_artifact(path: Path, engine: EngineChoice = "auto") -> Choice:
         raise KernelUnsupported(f"no {wanted_engine or ''} variant in {path} can run here: {'; '.join(skipped) or 'none of that engine'}")
     folder, manifest = runnable[0]
     why = f"{refusal}; serving {manifest.variant} from {folder.name}/ instead" if refusal else f"best variant this host runs in {path}"
-    rivals = tuple(f for f, m in runnable[1:] if m.variant in RACED and manifest.variant in RACED and m.engine != manifest.engine)
+    best = accuracy_class(manifest)
+    rivals = tuple(f for f, m in runnable[1:] if accuracy_class(m) == best and best != "float" and m.engine != manifest.engine)
     note = f" (skipped: {'; '.join(skipped)})" if skipped else ""
     return Choice(folder, why + note, fallback=refusal is not None or bool(skipped), rivals=rivals if engine == "auto" else ())
 
@@ -174,9 +162,11 @@ class Runtime:
         process-wide: threads, the quantized engine, the graph executor and the allocator are `configure_process`'s,
         called once at start, before any load (int8 weights are repacked for the engine active when loaded).
         """
-        manifest = verify_artifact(artifact_dir)
+        verified = read_artifact(artifact_dir)
+        manifest = verified.manifest
         check_runnable(manifest)
-        engine = load_engine(manifest.engine, artifact_dir / manifest.model_file, streams=workers, threads=threads)
+        files = ModelFiles(manifest.model_file, verified.contents)
+        engine = load_engine(manifest, files, streams=workers, threads=threads)
         log.info(
             "loaded %s (%s on %s, %d bytes, sha256 %s)",
             manifest.name, manifest.variant, engine.name, manifest.size_bytes, manifest.model_sha256[:12],

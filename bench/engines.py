@@ -6,7 +6,7 @@ TorchScript int8-calibrated forward served before the second engine. Then each r
 8x128), labels unlike fp32, and how far a pair's score moves between alone and inside a batch (from the build's own
 check, recorded in the manifest). Writes JSON with the CPU.
 
-    python bench/engines.py [--artifacts model-cache/default/artifacts] [--data-dir ../shared/data/mrpc] [--rounds 5]
+    python -m bench.engines [--artifacts model-cache/default/artifacts] [--data-dir ../shared/data/mrpc] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -21,10 +21,11 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from artifact.encoding import pad_batch
-from artifact.engines import OpenVINOEngine, openvino_available
+from artifact.engines import ModelFiles
+from artifact.engines.openvino import OpenVINOEngine, missing, read
 from artifact.kernels import cpu_description
+from artifact.manifest import read_artifact
 from artifact.runtime import Runtime, configure_process
 from model_build.mrpc import load_split
 from model_build.scoring import f1_accuracy
@@ -38,11 +39,13 @@ def runtimes(artifacts: Path) -> dict[str, Runtime]:
         "TorchScript int8-calibrated": Runtime.load(artifacts / "int8-calibrated", padding="fixed"),
         "TorchScript fp32": Runtime.load(artifacts / "fp32", padding="fixed"),
     }
-    if openvino_available() and (artifacts / "openvino-int8").is_dir():
+    if missing() is None and (artifacts / "openvino-int8").is_dir():
         f32 = Runtime.load(artifacts / "openvino-int8", padding="fixed")
         found["OpenVINO int8, precision hint f32 (served)"] = f32
         bf16 = Runtime.load(artifacts / "openvino-int8", padding="fixed")
-        bf16.engine = OpenVINOEngine(artifacts / "openvino-int8" / bf16.manifest.model_file, precision="bf16")
+        verified = read_artifact(artifacts / "openvino-int8")
+        files = ModelFiles(verified.manifest.model_file, verified.contents)
+        bf16.engine = OpenVINOEngine(read(files), precision="bf16")
         found["OpenVINO int8, precision hint bf16 (OpenVINO's default on BF16 CPUs)"] = bf16
     return found
 

@@ -12,7 +12,7 @@ smuggling, method labels, v2 errors, drip, pipelining, big headers, silent, slow
 with an ordinary client and a /healthz probe alongside. Prints one table, writes JSON with the CPU; traffic stays
 on 127.0.0.x.
 
-    python bench/http_servers.py --artifact model-cache/default/artifacts/int8-calibrated [--seconds 10] [--only guarded-h11 granian]
+    python -m bench.http_servers --artifact model-cache/default/artifacts/int8-calibrated [--seconds 10] [--only guarded-h11 granian]
 """
 
 from __future__ import annotations
@@ -32,13 +32,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import reliability  # scripts/reliability.py: the attacks themselves
 
 from artifact.kernels import cpu_description
 from bench.http_protocol import closed_loop
-from harness.local_server import free_port, wait_ready
+from tests.harness.server import free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 EDGE_ATTACKS = frozenset(

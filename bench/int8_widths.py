@@ -20,7 +20,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from artifact.kernels import cpu_description, exact_on_saturating_kernels, int8_kernel_exact
 from artifact.manifest import Variant
 from model_build.build import BuildOptions, build

@@ -4,7 +4,7 @@ Starts `python -m app` with PARASERVE_GRPC_PORT, then runs the same closed loop 
 `--rounds` interleaved rounds (the median is reported): `--clients` clients sending 1-8 MRPC dev pairs per request
 (half single pairs), back to back. Prints pairs/s and p50/p99, writes JSON with the CPU.
 
-    python bench/protocols.py [--artifact model-cache/default/artifacts] [--seconds 15] [--rounds 3] [--clients 16]
+    python -m bench.protocols [--artifact model-cache/default/artifacts] [--seconds 15] [--rounds 3] [--clients 16]
 """
 
 from __future__ import annotations
@@ -20,13 +20,12 @@ from typing import Any
 import grpc
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from app.grpc_gen import open_inference_pb2 as pb
-from app.grpc_gen import open_inference_pb2_grpc as pb_grpc
+from app.protocols.grpc_gen import open_inference_pb2 as pb
+from app.protocols.grpc_gen import open_inference_pb2_grpc as pb_grpc
 from artifact.kernels import cpu_description
 from bench.service import Send, load_loop
-from harness.local_server import free_port, running_server
 from model_build.mrpc import load_split
+from tests.harness.server import free_port, running_server
 
 
 def v2_body(pairs: list[tuple[str, str]]) -> dict[str, Any]:

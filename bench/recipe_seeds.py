@@ -5,7 +5,7 @@ folds of the `python -m model_build search` runs with that seed, read from the s
 checkpoint already exists with the same recipe is reused, so an interrupted run resumes.
 
     python -m model_build search --data-dir ../shared/data/mrpc --candidate swap-5e-5 --seed 43 --seed 44 --json bench-out/search-seeds.json
-    python bench/recipe_seeds.py --data-dir ../shared/data/mrpc --search-json bench-out/search.json \\
+    python -m bench.recipe_seeds --data-dir ../shared/data/mrpc --search-json bench-out/search.json \\
         --search-json bench-out/search-seeds.json [--seed 42 --seed 43 --seed 44] [--out-dir model-cache/seeds]
 """
 
@@ -19,8 +19,6 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import transformers
 

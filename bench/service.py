@@ -2,7 +2,7 @@
 
 Starts its own servers on 127.0.0.1 (one at a time) and stops them; ratios are measured side by side in one run.
 
-    python bench/service.py [--artifacts model-cache/default/artifacts] [--data-dir ../shared/data/mrpc]
+    python -m bench.service [--artifacts model-cache/default/artifacts] [--data-dir ../shared/data/mrpc]
                             [--seconds 20] [--json bench-out/service.json] [--profile bench-out/profile.txt]
 """
 
@@ -26,13 +26,12 @@ from typing import Any
 import httpx
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from artifact.kernels import cpu_description
 from artifact.runtime import Runtime, configure_process
-from harness.local_server import running_server
-from harness.scrape import histogram_mean, metric_sum, samples
 from model_build.mrpc import load_split
 from model_build.parity_pairs import PARITY_PAIRS
+from tests.harness.scrape import histogram_mean, metric_sum, samples
+from tests.harness.server import running_server
 
 IDLE_REQUESTS = 60
 # Concurrent clients of 8 pairs each. 4 keep a full batch queued behind the running one (and give the length-aware

@@ -3,7 +3,7 @@
 Random weights: speed and size do not depend on weight values. One 8x128 batch, median of --runs after warm-up,
 at 1 and 2 threads: fp32 traced vs graph-mode int8 (quantize_dynamic_jit) vs eager-mode int8 (quantize_dynamic).
 
-    python bench/tutorial_table.py [--runs 10] [--json bench-out/tutorial_table.json]
+    python -m bench.tutorial_table [--runs 10] [--json bench-out/tutorial_table.json]
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from artifact.encoding import PaddedBatch
 from artifact.kernels import cpu_description

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import httpx
 
-from harness.local_server import wait_ready
 from loadtest.report import TargetSummary, summarize, write_report
 from model_build.progress import progress
+from tests.harness.server import wait_ready
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.scrape import histogram_mean, metric_delta, metric_sum, samples
+from tests.harness.scrape import histogram_mean, metric_delta, metric_sum, samples
 
 PERCENTILE_COLUMNS = ("50%", "66%", "75%", "80%", "90%", "95%", "98%", "99%", "99.9%", "99.99%")
 

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from artifact.encoding import EncodedPair, InputSpec, PaddedBatch, PairEncoder, pad_batch, paraphrase_scores
-from artifact.engines import OPENVINO_PRECISION, OpenVINOEngine
+from artifact.engines.openvino import PRECISION as OPENVINO_PRECISION
+from artifact.engines.openvino import OpenVINOEngine
 from artifact.manifest import OPENVINO_MODEL_FILE, OPENVINO_WEIGHTS_FILE, FileDigest, file_digest
 from artifact.quiet import deprecations_silenced
 from model_build.errors import BuildError, VerificationError

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""Regenerate app/grpc_gen/open_inference_pb2*.py from app/grpc_gen/open_inference.proto with grpcio-tools.
+"""Regenerate app/protocols/grpc_gen/open_inference_pb2*.py from app/protocols/grpc_gen/open_inference.proto with grpcio-tools.
 
     python scripts/gen_grpc.py [--check]      # --check: exit 1 if the committed files differ from a fresh generation
 
 protoc writes `import open_inference_pb2` (a top-level module); the generated gRPC module is rewritten to import it
-from the package it lives in, app.grpc_gen. And protoc registers the messages in protobuf's process-wide default
+from the package it lives in, app.protocols.grpc_gen. And protoc registers the messages in protobuf's process-wide default
 pool, where tritonclient.grpc registers the same `inference.*` names from its own grpc_service.proto: the second
 import in one process fails ("duplicate symbol"). The wire needs only field numbers and the method paths, not the
 pool, so the messages are registered in a pool of their own and both can be imported side by side (a test does).
@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGE = ROOT / "app" / "grpc_gen"
+PACKAGE = ROOT / "app" / "protocols" / "grpc_gen"
 PROTO = "open_inference.proto"
 GENERATED = ("open_inference_pb2.py", "open_inference_pb2.pyi", "open_inference_pb2_grpc.py")
 
@@ -28,7 +28,7 @@ GENERATED = ("open_inference_pb2.py", "open_inference_pb2.pyi", "open_inference_
 def generate(out: Path) -> None:
     outputs = [f"--python_out={out}", f"--pyi_out={out}", f"--grpc_python_out={out}"]
     subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{PACKAGE}", *outputs, PROTO], check=True, cwd=PACKAGE)
-    rewrite(out / "open_inference_pb2_grpc.py", "import open_inference_pb2 as", "from app.grpc_gen import open_inference_pb2 as")
+    rewrite(out / "open_inference_pb2_grpc.py", "import open_inference_pb2 as", "from app.protocols.grpc_gen import open_inference_pb2 as")
     pool = "_descriptor_pool.{}().AddSerializedFile("
     rewrite(out / "open_inference_pb2.py", pool.format("Default"), pool.format("DescriptorPool"))
 

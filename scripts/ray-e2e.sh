@@ -71,10 +71,10 @@ EOF
 say "deploying deploy/ray/config.yaml (test artifact, short autoscaling delays)"
 in_lab lab1 .venv-ray/bin/serve deploy "$config" --address "http://$HEAD_IP:8265" >/dev/null
 if [[ -n ${RAY_E2E_MEASURE:-} ]]; then
-    in_lab lab1 .venv-ray/bin/python scripts/ray_e2e.py --url "http://$HEAD_IP:8000" --dashboard "http://$HEAD_IP:8265" \
+    in_lab lab1 .venv-ray/bin/python -m scripts.ray_e2e --url "http://$HEAD_IP:8000" --dashboard "http://$HEAD_IP:8265" \
         --hosts "$HEAD_IP,$WORKER_IP" --measure "$RAY_E2E_MEASURE" --config "$config"
     exit
 fi
-in_lab lab1 .venv-ray/bin/python scripts/ray_e2e.py --url "http://$HEAD_IP:8000" --dashboard "http://$HEAD_IP:8265" \
+in_lab lab1 .venv-ray/bin/python -m scripts.ray_e2e --url "http://$HEAD_IP:8000" --dashboard "http://$HEAD_IP:8265" \
     --hosts "$HEAD_IP,$WORKER_IP" ${RAY_E2E_FULL:+--full} \
     || { in_lab lab1 .venv-ray/bin/serve status --address "http://$HEAD_IP:8265" | tail -30; exit 1; }

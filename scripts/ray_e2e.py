@@ -24,7 +24,6 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from model_build.parity_pairs import PARITY_PAIRS
 
 REPLICA_CLASS = "ServeReplica:paraserve:Paraserve"

@@ -3,7 +3,7 @@
 FBGEMM_ENABLE_INSTRUCTIONS=AVX2, post the README's pair (and the parity pairs), check /model names the kernel path
 and variant, and require the same scores from both. Exits 1 on any difference.
 
-    python scripts/smoke.py ARTIFACT_DIR [--max-score-diff 0]
+    python -m scripts.smoke ARTIFACT_DIR [--max-score-diff 0]
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ from typing import Any
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from harness.local_server import running_server
 from model_build.parity_pairs import PARITY_PAIRS
+from tests.harness.server import running_server
 
 README_PAIR = (
     "He said the foodservice pie business doesn't fit the company's long-term growth strategy.",

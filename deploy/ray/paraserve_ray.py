@@ -1,7 +1,7 @@
 """paraserve as a Ray Serve application: the same FastAPI app (routes, errors, limits, batcher) in every replica.
 
 Each replica runs `app.main.create_app` as its ASGI ingress (deploy/ray/replica.py), and Ray Serve runs the app's
-lifespan in the replica: the same start as `python -m app` (app.start: process settings, the artifact this host can
+lifespan in the replica: the same start as `python -m app` (app.core.start: process settings, the artifact this host can
 run, warm-up), the same routes, errors, limits, batching and metrics. What Ray's proxy does instead of paraserve's
 connection guards (app/protocol.py) is Ray's: timeouts and connection limits are its settings (config.yaml).
 One single-threaded model worker per replica (`num_cpus: 1`), batching per replica;

@@ -10,9 +10,9 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from app.config import Settings
+from app.core.service import State
 from app.main import create_app
-from app.service import State
+from app.shared.config import Settings
 
 
 def replica_settings(args: dict[str, Any]) -> dict[str, Any]:
@@ -23,7 +23,7 @@ def replica_settings(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def replica_app(values: dict[str, Any]) -> FastAPI:
-    """The replica's app: create_app, whose lifespan (run by Ray Serve in the replica) loads through app.start, as every
+    """The replica's app: create_app, whose lifespan (run by Ray Serve in the replica) loads through app.core.start, as every
     launcher does. A dead model worker does not stop the process: `worker_died` tells check_health, and Ray replaces it."""
     return create_app(Settings(**values), stop_server=lambda: None)
 

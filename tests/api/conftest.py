@@ -8,8 +8,8 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
-from app.config import Settings
 from app.main import create_app
+from app.shared.config import Settings
 from artifact.encoding import EncodedPair
 from artifact.runtime import BatchResult, Runtime
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from harness.local_server import LocalServer, start_server
-from harness.scrape import metric_sum, samples
+from tests.harness.scrape import metric_sum, samples
+from tests.harness.server import LocalServer, start_server
 
 pytestmark = pytest.mark.slow
 

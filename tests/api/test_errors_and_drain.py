@@ -14,11 +14,11 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
-from app.logs import ExceptionLog
 from app.main import create_app
+from app.shared.logs import ExceptionLog
 from artifact.encoding import EncodedPair
-from harness.local_server import start_server
 from tests.api.conftest import GatedRuntime, settings_for
+from tests.harness.server import start_server
 
 PAIR = {"sentence1": "a cat", "sentence2": "a dog"}
 

@@ -18,13 +18,13 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
-from app.grpc_gen import open_inference_pb2 as pb
-from app.grpc_gen import open_inference_pb2_grpc as pb_grpc
 from app.main import create_app
-from harness.local_server import free_port, start_server
-from harness.scrape import metric_sum, samples
+from app.protocols.grpc_gen import open_inference_pb2 as pb
+from app.protocols.grpc_gen import open_inference_pb2_grpc as pb_grpc
 from model_build.parity_pairs import PARITY_PAIRS
 from tests.api.conftest import GatedRuntime, settings_for
+from tests.harness.scrape import metric_sum, samples
+from tests.harness.server import free_port, start_server
 
 ROOT = Path(__file__).resolve().parents[2]
 PAIRS = list(PARITY_PAIRS[:6])

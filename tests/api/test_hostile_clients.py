@@ -18,10 +18,10 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from app.config import Settings
+from app.shared.config import Settings
 from artifact.manifest import sha256_file
-from harness.local_server import free_port, start_server
-from harness.scrape import metric_sum, samples
+from tests.harness.scrape import metric_sum, samples
+from tests.harness.server import free_port, start_server
 
 PAIR = {"sentence1": "a cat", "sentence2": "a dog"}
 

@@ -20,8 +20,8 @@ from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
 from app.main import create_app
-from harness.local_server import free_port, wait_ready
 from tests.api.conftest import GatedRuntime, settings_for
+from tests.harness.server import free_port, wait_ready
 
 JSON = {"content-type": "application/json"}
 

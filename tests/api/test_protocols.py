@@ -17,10 +17,10 @@ from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
 from app.main import create_app
-from app.observability import Tracer
+from app.shared.observability import Tracer
 from model_build.parity_pairs import PARITY_PAIRS
 from tests.api.conftest import settings_for
-from tests.servers import running_server
+from tests.harness.server import running_server
 
 PAIRS = list(PARITY_PAIRS[:6])
 
@@ -32,8 +32,8 @@ def predict_scores(client: httpx.Client | TestClient, url: str = "") -> list[flo
 
 @pytest.fixture(scope="module")
 def server(tiny_artifacts: Path):
-    with running_server(tiny_artifacts / "int8-calibrated") as url:
-        yield url
+    with running_server(tiny_artifacts / "int8-calibrated") as server:
+        yield server.url
 
 
 @pytest.mark.slow
@@ -149,7 +149,7 @@ def test_predict_returns_probabilities_logits_tokens_truncation_and_a_threshold(
 
 
 def test_request_ids_are_echoed_or_made_and_name_every_log_line_of_their_request(client: TestClient, caplog: pytest.LogCaptureFixture):
-    from app.observability import RequestIdFilter
+    from app.shared.observability import RequestIdFilter
 
     given = client.get("/healthz", headers={"x-request-id": "trace-me-1"})
     assert given.headers["x-request-id"] == "trace-me-1"
@@ -203,9 +203,9 @@ def test_a_traceparent_links_the_requests_spans_to_the_callers_trace(int8_dir: P
 OFF = """
 import sys
 from pathlib import Path
-from app.config import Settings
+from app.shared.config import Settings
 from app.main import create_app
-from app.observability import Tracer
+from app.shared.observability import Tracer
 app = create_app(Settings(artifact_dir=Path("unused")))
 assert Tracer.from_environment().enabled is False
 print(sorted(m for m in sys.modules if m.startswith(("opentelemetry.sdk", "opentelemetry.exporter"))))

@@ -13,12 +13,12 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
-from app.errors import ClientClosed
+from app.core.service import PredictionService
 from app.main import create_app
-from app.metrics import Metrics
-from app.service import PredictionService
-from harness.local_server import free_port
+from app.shared.errors import ClientClosed
+from app.shared.metrics import Metrics
 from tests.api.conftest import GatedRuntime, settings_for
+from tests.harness.server import free_port
 
 PAIR = {"sentence1": "a cat", "sentence2": "a dog"}
 
@@ -132,10 +132,11 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(int8_dir: Path, tmp_p
     (two inputs named text_a and text_b, each shape equal to its data's length), so a schema-valid body is often a
     correct 400; every other check (no 5xx, response and status conformance, negative data refused) still applies.
     """
-    from tests.servers import running_server
+    from tests.harness.server import running_server
 
     runs = [["--exclude-path-regex", "^/v2"], ["--include-path-regex", "^/v2", "--exclude-checks", "positive_data_acceptance"]]
-    with running_server(int8_dir) as url:
+    with running_server(int8_dir) as server:
+        url = server.url
         for extra in runs:
             result = subprocess.run(
                 [sys.executable, "-m", "schemathesis.cli", "run", f"{url}/openapi.json", "--checks", "all", "--max-examples", "50",

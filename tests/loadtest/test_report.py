@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from loadtest.report import history, markdown_table, summarize, write_report
-from tests.servers import running_server
+from tests.harness.server import running_server
 
 FIXTURES = Path(__file__).with_name("fixtures")
 
@@ -64,7 +64,7 @@ def test_report_writes_markdown_json_and_charts(tmp_path: Path):
 def two_servers(tiny_artifacts: Path):
     """int8 and fp32 tiny servers as real processes on 127.0.0.1."""
     with running_server(tiny_artifacts / "int8") as int8, running_server(tiny_artifacts / "fp32") as fp32:
-        yield {"int8": int8, "fp32": fp32}
+        yield {"int8": int8.url, "fp32": fp32.url}
 
 
 @pytest.mark.slow

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from app.batcher import Batcher
-from app.errors import InferenceFailed, NotReady, Overloaded, ShuttingDown
-from app.http_errors import headers_for, kind_of
+from app.core.batcher import Batcher
+from app.shared.errors import InferenceFailed, NotReady, Overloaded, ShuttingDown, kind_of
+from app.transport.http_errors import headers_for
 
 
 @dataclass
@@ -126,7 +126,7 @@ def test_overload_is_refused_at_once_and_whole():
 
     error, depth = asyncio.run(scenario())
     assert depth == 10
-    assert kind_of(error).status == 429 and headers_for(error)["Retry-After"] == "1"  # mapped once, at the HTTP edge
+    assert kind_of(error).http == 429 and headers_for(error)["Retry-After"] == "1"  # mapped once, at the HTTP edge
 
 
 def test_cancelled_rows_free_their_slots_and_are_never_run():
@@ -167,7 +167,7 @@ def test_a_failing_forward_fails_its_batch_only_and_the_worker_goes_on():
         return failed, ok, alive
 
     failed, ok, alive = asyncio.run(scenario())
-    assert all(isinstance(e, InferenceFailed) and kind_of(e).status == 500 for e in failed)
+    assert all(isinstance(e, InferenceFailed) and kind_of(e).http == 500 for e in failed)
     assert ok[0].score == 0.03 and alive
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from app.config import Settings
+from app.shared.config import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 LINK = re.compile(r"\]\(([^)#\s]+)(#[^)\s]*)?\)")

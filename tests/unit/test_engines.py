@@ -1,8 +1,9 @@
-"""The second engine (issue 25): openvino-int8 built from the same tiny checkpoint, run by the same Runtime, chosen by
+"""The engines: openvino-int8 built from the same tiny checkpoint, run by the same Runtime, chosen by
 `PARASERVE_ENGINE`, and a TorchScript fallback when OpenVINO is missing."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -10,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from app.config import Settings
-from app.start import open_runtime
+from app.core.start import open_runtime
+from app.shared.config import Settings
+from artifact.engines import ENGINES
 from artifact.errors import ArtifactError, KernelUnsupported
 from artifact.manifest import verify_artifact
 from artifact.runtime import Runtime, choose_artifact
@@ -62,7 +64,7 @@ def test_an_artifacts_root_races_the_two_int8_engines_under_auto(tiny_artifacts:
     assert choice.folder.name == "openvino-int8" and [p.name for p in choice.rivals] == ["int8-calibrated"]
     for faster, slower in (("openvino", "torchscript"), ("torchscript", "openvino")):
         monkeypatch.setattr(Runtime, "time_forward", lambda self, f=faster: 0.001 if self.engine_name == f else 0.002)
-        with caplog.at_level(logging.INFO, logger="app.start"):
+        with caplog.at_level(logging.INFO, logger="app.core.start"):
             rt = open_runtime(Settings(artifact_dir=tiny_artifacts, workers=1))
         assert rt.engine_name == faster and rt.selection.startswith("engine auto: the faster on this host")
         assert rt.selection.index(faster) < rt.selection.index(slower)  # fastest first, with both figures
@@ -77,12 +79,13 @@ def test_the_engine_setting_restricts_the_choice(tiny_artifacts: Path):
 
 
 def test_without_openvino_torchscript_serves_with_one_warning(tiny_artifacts: Path, monkeypatch: pytest.MonkeyPatch, caplog):
-    monkeypatch.setattr("artifact.engines.openvino_available", lambda: False)
+    absent = dataclasses.replace(ENGINES["openvino"], missing=lambda: "OpenVINO is not installed here")
+    monkeypatch.setitem(ENGINES, "openvino", absent)  # the registry entry says what it needs; here it is not installed
     choice = choose_artifact(tiny_artifacts / "openvino-int8")
     assert choice.folder.name == "int8-calibrated" and choice.fallback and "OpenVINO is not installed" in choice.reason
-    with caplog.at_level(logging.INFO, logger="app.start"):
+    with caplog.at_level(logging.INFO, logger="app.core.start"):
         rt = open_runtime(Settings(artifact_dir=tiny_artifacts, workers=1))
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "app.start"]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "app.core.start"]
     assert rt.engine_name == "torchscript" and len(warnings) == 1 and "OpenVINO is not installed" in warnings[0].getMessage()
     with pytest.raises(KernelUnsupported, match="OpenVINO is not installed"):
         choose_artifact(tiny_artifacts, "openvino")
@@ -93,7 +96,7 @@ def test_a_modified_weights_file_is_refused(tiny_artifacts: Path, tmp_path: Path
     data = bytearray((copy / "model.bin").read_bytes())
     data[len(data) // 2] ^= 0x01
     (copy / "model.bin").write_bytes(bytes(data))
-    with pytest.raises(ArtifactError, match=r"model\.bin is missing or does not match"):
+    with pytest.raises(ArtifactError, match=r"model\.bin has sha256 \w+ but the manifest says \w+: refusing a modified model"):
         verify_artifact(copy)
     assert json.loads((copy / "manifest.json").read_text())["engine"] == "openvino"
 
@@ -102,10 +105,10 @@ def test_an_openvino_artifact_that_fails_to_compile_gives_way_to_torchscript(tin
     def refuse(self, *args, **kwargs):
         raise ArtifactError("cannot compile model.xml with OpenVINO: the CPU plugin refused it")
 
-    monkeypatch.setattr("artifact.engines.OpenVINOEngine.__init__", refuse)
-    with caplog.at_level(logging.INFO, logger="app.start"):
+    monkeypatch.setattr("artifact.engines.openvino.OpenVINOEngine.__init__", refuse)
+    with caplog.at_level(logging.INFO, logger="app.core.start"):
         rt = open_runtime(Settings(artifact_dir=tiny_artifacts, workers=1))
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == "app.start"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == "app.core.start"]
     assert rt.engine_name == "torchscript" and rt.variant == "int8-calibrated"
     assert len(warnings) == 1 and "the CPU plugin refused it; serving int8-calibrated" in warnings[0]
     with pytest.raises(ArtifactError, match="the CPU plugin refused it"):  # asked for by name: no silent substitute
