@@ -1,4 +1,5 @@
-# paraserve: one image per model variant (VARIANT=int8-calibrated|openvino-int8|int8|fp32), the verified artifact baked in.
+# paraserve: one image per model variant (VARIANT=int8-calibrated|openvino-int8|int8|fp32), the verified artifact baked in,
+# or (target `repository`) several models and a cascade in one server.
 #   docker build --network host --build-arg VARIANT=int8-calibrated -t paraserve:int8 .
 # torch comes from wheels/ when it holds torch-2.13.0 (scripts/fetch-torch-wheel.sh puts the CPU wheel there),
 # otherwise from PyTorch's CPU wheel index. A plain `pip install torch` would bring a multi-GB CUDA build.
@@ -18,9 +19,7 @@ RUN python -m venv /opt/venv \
 COPY pyproject.toml README.md ./
 COPY artifact/ artifact/
 COPY app/ app/
-COPY model_build/ model_build/
-COPY harness/ harness/
-COPY loadtest/ loadtest/
+# What serves and nothing else: no model_build (training, transformers), no tests, tools or load generator.
 # torch==2.13.0 is already satisfied, so this adds only the pure-Python stack, tokenizers and the OpenTelemetry
 # exporter (the `tracing` extra, off unless OTEL_* configures it), gRPC (the `grpc` extra, off unless
 # PARASERVE_GRPC_PORT is set) and OpenVINO (the `openvino` extra: it runs an openvino-int8 artifact; NNCF, which
@@ -30,7 +29,12 @@ RUN pip install ".[tracing,grpc,openvino]" && find /opt/venv -name '__pycache__'
 
 # ---- the load generator of the compose `loadtest` profile --------------------------------------------------
 FROM builder AS loadtest
-# The project itself, with the versions pinned in pyproject.toml's `load` extra.
+# The load run from the checkout's tools (loadtest/, the test harness, the build's MRPC reader and progress bars),
+# with the versions pinned in pyproject.toml's `load` extra.
+COPY model_build/ /work/model_build/
+COPY loadtest/ /work/loadtest/
+COPY tests/__init__.py /work/tests/__init__.py
+COPY tests/harness/ /work/tests/harness/
 # hadolint ignore=DL3013
 RUN pip install ".[load]"
 WORKDIR /work

@@ -26,10 +26,11 @@ from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from app.core.service import PredictionService, State
-from app.core.start import open_runtime
+from app.core.start import Repository, open_models
 from app.protocols import v2_rest
 from app.protocols.http_common import api_key_guard
 from app.protocols.paraserve import build_router
+from app.protocols.paraserve_schemas import pin_limits
 from app.shared.config import Settings
 from app.shared.logs import configure_logging
 from app.shared.metrics import Metrics
@@ -70,12 +71,14 @@ def create_app(
     settings: Settings | None = None,
     *,
     runtime: Runtime | None = None,
+    repository: Repository | None = None,
     registry: CollectorRegistry | None = None,
     stop_server: Callable[[], None] = _sigterm_self,
     tracer: Tracer | None = None,
 ) -> FastAPI:
     """Build the app; settings come from PARASERVE_* when not given. Nothing is loaded until the lifespan runs.
 
+    `runtime` (one model) or `repository` (several) are served instead of what the settings name (tests, python -m app).
     `stop_server` is how a dead model worker ends the process (so a supervisor restarts it); tests pass their own.
     `tracer`: OpenTelemetry spans (default: from the OTEL_* variables, off when none configures an exporter).
     """
@@ -90,11 +93,14 @@ def create_app(
         if not logging.getLogger().handlers:  # uvicorn --factory, a Ray replica: the same log lines as python -m app
             configure_logging(settings.log_level, settings.json_logs)
         fd_budget(settings.max_connections, settings.grpc_max_connections if settings.grpc_port else 0)
-        loaded = runtime or await asyncio.to_thread(open_runtime, settings)
-        app.openapi_schema = v2_rest.pin_model(app.openapi(), loaded.name, loaded.sha256[:12])  # names the served model
-        await service.start(loaded)
+        loaded = repository or (Repository({runtime.name: runtime}, {}) if runtime else await asyncio.to_thread(open_models, settings))
+        await service.start(loaded.runtimes, loaded.cascades)
+        names = list(service.models)
+        schema = v2_rest.pin_models(app.openapi(), {n: m.id.version for n, m in service.models.items()})
+        app.openapi_schema = pin_limits(schema, settings.max_pairs_per_request, settings.max_sentence_chars, names)
         grpc_edge = await _start_grpc(service, settings) if settings.grpc_port else None
-        log.info("ready: %s %s on %d worker(s) x %d thread(s)", loaded.name, loaded.variant, settings.workers, settings.torch_threads)
+        described = ", ".join(f"{n} ({m.id.variant})" for n, m in service.models.items())
+        log.info("ready: %s on %d shared worker(s) x %d thread(s)", described, settings.workers, settings.torch_threads)
         try:
             yield
         finally:
@@ -187,11 +193,11 @@ def main() -> int:
         if settings.grpc_port is not None:  # the gRPC front binds its own port later: a busy one fails now, in one line
             bind(settings.host, settings.grpc_port).close()
         fd_budget(settings.max_connections, settings.grpc_max_connections if settings.grpc_port else 0)
-        runtime = open_runtime(settings)
+        repository = open_models(settings)
     except UserError as exc:
         log.critical("cannot start: %s", exc)
         return 2
-    app = create_app(settings, runtime=runtime)
+    app = create_app(settings, repository=repository)
     service: PredictionService = app.state.service
     limits = ConnectionLimits(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(ConnectionLimits)})
     options = ServerOptions(keep_alive_s=settings.keep_alive_s, shutdown_grace_s=settings.shutdown_grace_s)

@@ -50,8 +50,10 @@ def default_variants(calibration_data: Path | None) -> tuple[Variant, ...]:
     for variant, recipe in RECIPES.items():
         if recipe.needs_calibration and calibration_data is None:
             continue
-        if recipe.engine == OPENVINO and (why := openvino_build.available()) is not None:
-            log.info("openvino-int8 not built: %s", why)
+        try:
+            WRITERS[recipe.engine].require()
+        except BuildError as exc:
+            log.info("%s not built: %s", variant, exc)
             continue
         chosen.append(variant)
     return tuple(chosen)
@@ -123,9 +125,15 @@ def trace(model: torch.nn.Module, example: PaddedBatch) -> torch.jit.ScriptModul
 
 
 def quantize_int8(
-    traced: torch.jit.ScriptModule, *, debug: bool = False, two_step: bool = False, weight_bits: int = 8
+    traced: torch.jit.ScriptModule,
+    *,
+    debug: bool = False,
+    two_step: bool = False,
+    weight_bits: int = 8,
+    float_layers: Sequence[str] = (),
 ) -> torch.jit.ScriptModule:
-    """Graph-mode dynamic quantization of every Linear, per-channel int8 weights (the tutorial's recipe).
+    """Graph-mode dynamic quantization of every Linear, per-channel int8 weights (the tutorial's recipe), but for
+    `float_layers` (module names), which stay fp32.
 
     weight_bits 7 narrows the per-channel symmetric range to -63..63 (the qint8 dtype would still allow 64 after
     rounding with -64..63), so u8 x s8 pair sums fit int16 on fbgemm's AVX2 kernels.
@@ -146,7 +154,7 @@ def quantize_int8(
             dtype=torch.qint8, qscheme=torch.per_channel_symmetric, quant_min=-limit, quant_max=limit
         )
         qconfig = QConfig(activation=per_channel_dynamic_qconfig.activation, weight=weight)
-    qconfig_dict = {"": qconfig}
+    qconfig_dict: dict[str, Any] = {"": qconfig, **{name: None for name in float_layers}}
     with deprecations_silenced():
         if two_step:
             prepared = prepare_dynamic_jit(traced, qconfig_dict)  # observers inserted: inspect prepared.graph here
@@ -163,10 +171,8 @@ def quantize_eager_int8(model: torch.nn.Module, example: PaddedBatch) -> torch.j
     return trace(quantized, example)
 
 
-def op_counts(module: Any) -> dict[str, int]:
-    """Node kinds of the module's inlined graph (an OpenVINO model's op types), most frequent first."""
-    if isinstance(module, openvino_build.OpenVINOModule):
-        return module.op_counts()
+def op_counts(module: torch.jit.ScriptModule) -> dict[str, int]:
+    """Node kinds of a TorchScript module's inlined graph, most frequent first."""
     return dict(Counter(node.kind() for node in module.inlined_graph.nodes()).most_common())
 
 
@@ -346,9 +352,8 @@ def calibrate(ckpt: Checkpoint, encoder: PairEncoder, layers: Sequence[str], opt
     return calibration.activation_ranges(observed, layers, opts.activation_bits)
 
 
-def check_reload(path: Path, batches: Sequence[PaddedBatch], expected: Sequence[torch.Tensor]) -> None:
+def check_reload(reloaded: Any, path: Path, batches: Sequence[PaddedBatch], expected: Sequence[torch.Tensor]) -> None:
     """The saved file, loaded back, must give the same logits as the module that was saved."""
-    reloaded = openvino_build.OpenVINOModule.load(path) if path.suffix == ".xml" else load_module(path)
     got = run(reloaded, batches)
     if not all(torch.allclose(a, b, rtol=0, atol=1e-6) for a, b in zip(expected, got, strict=False)):
         raise VerificationError(f"reload check failed: {path} gives different logits once saved and loaded back")
@@ -379,17 +384,89 @@ PER_CHANNEL = {
 
 
 @dataclass(frozen=True)
+class Verifying:
+    """What a recipe's own checks see: the variant made, the build's inputs and its Linear count."""
+
+    variant: Variant
+    module: Any
+    scheme: Int8Scheme | None
+    linears: tuple[int, int]
+    ckpt: Checkpoint
+    opts: BuildOptions
+    encoder: PairEncoder | None
+    columns: list[int]
+
+
+Check = Callable[[Verifying], tuple[str, Any] | None]  # a report entry for the manifest's parity, or None
+
+
+@dataclass(frozen=True)
 class Recipe:
-    """How one variant is made and what it must pass."""
+    """How one variant is made, what it must pass, and which engine runs it: one entry of RECIPES per variant."""
 
     make: Callable[[Stage], Any]
     qconfig: Callable[[BuildOptions], dict[str, Any] | None]
     int8: Callable[[BuildOptions], Int8Scheme | None]
-    linear_op: str | None  # what every nn.Linear must have become (check_ops)
+    linear_op: str | None  # what every nn.Linear must have become (check_ops); None: the recipe's checks say
+    checks: tuple[Check, ...] = ()
+    reference: str = "traced"  # what its logits are compared with: the traced fp32 model, or (fp32 itself) the eager one
     batch_invariant: bool = False  # must pass check_batch_invariance
     needs_calibration: bool = False
     engine: str = TORCHSCRIPT
     invariance_tolerance: float = INVARIANCE_TOLERANCE
+
+
+@dataclass(frozen=True)
+class Writer:
+    """How the build saves, reloads and inspects a module of one engine, and whether it can build for it here."""
+
+    save: Callable[[Any, Path], tuple[Path, dict[str, fmt.FileDigest]]]
+    reload: Callable[[Path], Any]
+    op_counts: Callable[[Any], dict[str, int]]
+    require: Callable[[], None]
+    details: Callable[[], dict[str, Any]]  # recorded beside the qconfig (the quantized engine, OpenVINO's version)
+
+
+def _save_torchscript(module: Any, folder: Path) -> tuple[Path, dict[str, fmt.FileDigest]]:
+    save_module(module, folder / fmt.MODEL_FILE)
+    return folder / fmt.MODEL_FILE, {}
+
+
+WRITERS: dict[str, Writer] = {
+    TORCHSCRIPT: Writer(
+        _save_torchscript,
+        load_module,
+        op_counts,
+        lambda: None,
+        lambda: {"engine": torch.backends.quantized.engine},
+    ),
+    OPENVINO: Writer(
+        lambda module, folder: module.save(folder),
+        openvino_build.OpenVINOModule.load,
+        lambda module: module.op_counts(),
+        openvino_build.require_buildable,
+        lambda: {},
+    ),
+}
+
+
+def _weight_bits(v: Verifying) -> tuple[str, Any] | None:
+    if v.scheme is not None:
+        check_weight_bits(v.variant, v.module, v.scheme.weight_bits)
+    return None
+
+
+def _int8_matmuls(v: Verifying) -> tuple[str, Any]:
+    return "int8_matmuls", openvino_build.check_int8_matmuls(v.module, v.linears)
+
+
+def _label_stability(v: Verifying) -> tuple[str, Any] | None:
+    if v.encoder is None or v.opts.calibration_data is None:
+        return None
+    stability = openvino_build.check_label_stability(
+        v.module, v.encoder, v.ckpt.spec, v.opts.calibration_data, v.columns, v.opts.batch_size, v.opts.seq_len
+    )
+    return "label_stability", stability
 
 
 def _eager_int8(stage: Stage) -> torch.jit.ScriptModule:
@@ -416,7 +493,7 @@ def _calibrated_qconfig(opts: BuildOptions) -> dict[str, Any]:
 
 
 RECIPES: dict[Variant, Recipe] = {
-    Variant.FP32: Recipe(lambda st: st.traced, lambda _: None, lambda _: None, None, batch_invariant=True),
+    Variant.FP32: Recipe(lambda st: st.traced, lambda _: None, lambda _: None, None, reference="eager", batch_invariant=True),
     Variant.INT8: Recipe(
         lambda st: quantize_int8(st.traced, two_step=st.opts.two_step),
         lambda o: dict(PER_CHANNEL, debug=False, two_step=o.two_step),
@@ -440,6 +517,7 @@ RECIPES: dict[Variant, Recipe] = {
         _calibrated_qconfig,
         lambda o: Int8Scheme(weight_bits=o.weight_bits, activation_bits=o.activation_bits),
         FIXED_RANGE_OP,
+        checks=(_weight_bits,),
         batch_invariant=True,
         needs_calibration=True,
     ),
@@ -447,7 +525,8 @@ RECIPES: dict[Variant, Recipe] = {
         lambda st: openvino_build.quantize(st.model, st.example, st.calibration_rows),
         lambda o: openvino_build.qconfig(o.calibration_pairs),
         lambda _: Int8Scheme(weight_bits=8, activation_bits=8),
-        None,  # openvino_build.check_int8_matmuls
+        None,
+        checks=(_int8_matmuls, _label_stability),
         batch_invariant=True,
         needs_calibration=True,
         engine=OPENVINO,
@@ -488,26 +567,21 @@ def build_variants(
     linears = count_linears(model)
     stage = Stage(model, traced, batches[0], opts, ranges, calibration_rows)
     built: list[BuiltVariant] = []
+    columns = sorted({c for _, c in shaped}) or [opts.seq_len]
     for variant in opts.variants:
         recipe = RECIPES[Variant(variant)]
         module = recipe.make(stage)
-        is_fp32 = variant == Variant.FP32
-        logits = traced_logits if is_fp32 else run(module, batches)
-        parity = dict(
-            compare(reference if is_fp32 else traced_logits, logits),
-            reference="eager fp32" if is_fp32 else "traced fp32",
-            tolerance=TRACE_TOLERANCE if is_fp32 else opts.tolerance,
-        )
-        counts = op_counts(module)
+        eager = recipe.reference == "eager"
+        logits = traced_logits if module is traced else run(module, batches)
+        tolerance = TRACE_TOLERANCE if eager else opts.tolerance
+        parity = dict(compare(reference if eager else traced_logits, logits), reference=f"{recipe.reference} fp32", tolerance=tolerance)
+        counts = WRITERS[recipe.engine].op_counts(module)
         check_ops(variant, counts, linears, recipe.linear_op)
-        if recipe.engine == OPENVINO:
-            parity["int8_matmuls"] = openvino_build.check_int8_matmuls(module, linears)
         scheme = recipe.int8(opts)
-        if variant == Variant.INT8_CALIBRATED and scheme is not None:
-            check_weight_bits(variant, module, scheme.weight_bits)
-        check_parity(variant, parity, parity["tolerance"])
-        at = traced_at if is_fp32 else {shape: run(module, [b.batch])[0] for shape, b in shaped.items()}
-        shape_parity = check_shapes(variant, at, eager_at if is_fp32 else traced_at, parity["tolerance"])
+        verifying = Verifying(Variant(variant), module, scheme, linears, ckpt, opts, encoder, columns)
+        check_parity(variant, parity, tolerance)
+        at = traced_at if module is traced else {shape: run(module, [b.batch])[0] for shape, b in shaped.items()}
+        shape_parity = check_shapes(variant, at, eager_at if eager else traced_at, tolerance)
         invariance = (
             check_batch_invariance(
                 variant, module, rows, shaped, at, required=recipe.batch_invariant, tolerance=recipe.invariance_tolerance
@@ -515,16 +589,14 @@ def build_variants(
             if shaped
             else None
         )
-        if recipe.engine == OPENVINO and encoder is not None and opts.calibration_data is not None:
-            columns = sorted({c for _, c in shaped}) or [opts.seq_len]
-            parity["label_stability"] = openvino_build.check_label_stability(
-                module, encoder, ckpt.spec, opts.calibration_data, columns, opts.batch_size, opts.seq_len
-            )
+        for check in recipe.checks:
+            if (entry := check(verifying)) is not None:
+                parity[entry[0]] = entry[1]
         parity["linear_layers"], parity["encoder_linear_layers"] = linears
         log.info("%s verified: %s", variant, {k: parity[k] for k in ("max_abs_logit_diff", "max_abs_score_diff", "argmax_agreement")})
         qconfig = recipe.qconfig(opts)
-        if qconfig is not None and recipe.engine == TORCHSCRIPT:
-            qconfig["engine"] = torch.backends.quantized.engine
+        if qconfig is not None:
+            qconfig.update(WRITERS[recipe.engine].details())
         ranges_kept = list(ranges) if recipe.needs_calibration else []
         built.append(BuiltVariant(variant, module, counts, parity, qconfig, scheme, logits, shape_parity, invariance, ranges_kept))
         bar.update(1)
@@ -534,8 +606,8 @@ def build_variants(
 def build(model_dir: Path, out: Path, opts: BuildOptions | None = None) -> dict[Variant, Manifest]:
     """The whole build: returns each variant's manifest; `out` holds one folder per variant, or nothing on failure."""
     opts = opts or BuildOptions()
-    if any(RECIPES[v].engine == OPENVINO for v in opts.variants):
-        openvino_build.require_buildable()
+    for engine_name in {RECIPES[v].engine for v in opts.variants}:
+        WRITERS[engine_name].require()
     if any(RECIPES[v].needs_calibration for v in opts.variants):
         if opts.calibration_data is None:
             raise BuildError("int8-calibrated needs MRPC train pairs to calibrate on: pass --calibration-data DIR")
@@ -569,7 +641,7 @@ def build(model_dir: Path, out: Path, opts: BuildOptions | None = None) -> dict[
         needs_ranges = any(v == Variant.INT8_CALIBRATED for v in opts.variants)
         ranges = calibrate(ckpt, encoder, layers, opts) if needs_ranges else []
         train_rows: list[EncodedPair] = []
-        if any(RECIPES[v].engine == OPENVINO for v in opts.variants):
+        if any(RECIPES[v].needs_calibration for v in opts.variants):
             assert opts.calibration_data is not None
             train_rows = calibration.calibration_rows(opts.calibration_data, encoder, opts.calibration_pairs)
         with progress(total=1 + 2 * len(opts.variants), desc="build", unit="step") as bar:
@@ -601,12 +673,8 @@ def _write_variant(
 
     shutil.copytree(tokenizer_dir, folder)
     engine = RECIPES[item.variant].engine
-    if engine == OPENVINO:
-        model_path, extra_files = item.module.save(folder)
-    else:
-        model_path, extra_files = folder / fmt.MODEL_FILE, {}
-        save_module(item.module, model_path)
-    check_reload(model_path, batches, item.logits)
+    model_path, extra_files = WRITERS[engine].save(item.module, folder)
+    check_reload(WRITERS[engine].reload(model_path), model_path, batches, item.logits)
     manifest = Manifest(
         format_version=fmt.FORMAT_VERSION,
         name=opts.name or ckpt.path.resolve().name,

@@ -252,6 +252,35 @@ def _ensure_default(args: argparse.Namespace, threads: int) -> None:
     print(artifacts)
 
 
+def _cascade_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--fast-search", type=Path, required=True, help="the fast model's `search` JSON (its held-out scores)")
+    p.add_argument("--accurate-search", type=Path, required=True, help="the accurate model's `search` JSON")
+    p.add_argument("--fast-candidate", default=None, help="the recipe whose folds to use (default: the search's choice)")
+    p.add_argument("--accurate-candidate", default=None, help="the recipe whose folds to use (default: the search's choice)")
+    p.add_argument("--data-dir", type=Path, required=True, help="GLUE MRPC folder (train's labels; dev is not read)")
+    p.add_argument("--points", type=float, default=0.5, help="the goal: F1 within this many points of the accurate model")
+    p.add_argument("--fast-name", default="minilm-l6-mrpc", help="the fast model's manifest name")
+    p.add_argument("--accurate-name", default="mpnet-base-mrpc", help="the accurate model's manifest name")
+    p.add_argument("--name", default="cascade")
+    p.add_argument("--out", type=Path, required=True, help="folder to write cascade.json into")
+
+
+def _cascade(args: argparse.Namespace, threads: int) -> None:
+    from model_build.cascade import choose_band, read_search, render, write
+
+    chosen = choose_band(
+        read_search(args.fast_search),
+        read_search(args.accurate_search),
+        args.data_dir,
+        points=args.points,
+        fast_candidate=args.fast_candidate,
+        accurate_candidate=args.accurate_candidate,
+    )
+    path = write(args.out, args.name, args.fast_name, args.accurate_name, chosen)
+    print(render(chosen))
+    print(f"-> {path}")
+
+
 Command = tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace, int], None], str]
 COMMANDS: dict[str, Command] = {
     "init-tiny": (_init_tiny_arguments, _init_tiny, "write a tiny random classifier checkpoint, BERT or MPNet (tests, demos)"),
@@ -260,6 +289,11 @@ COMMANDS: dict[str, Command] = {
     "finetune": (_finetune_arguments, _finetune, "fine-tune a base model on MRPC train by a recipe; dev is scored once, at the end"),
     "search": (_search_arguments, _search, "choose a fine-tuning recipe by k-fold cross-validation on MRPC train (dev is not read)"),
     "evaluate": (_evaluate_arguments, _evaluate, "F1, accuracy, time and size of artifacts on MRPC, as the service feeds them"),
+    "cascade": (
+        _cascade_arguments,
+        _cascade,
+        "choose a cascade's band on MRPC train from two searches' held-out scores",
+    ),
     "ensure-default": (
         _ensure_default_arguments,
         _ensure_default,

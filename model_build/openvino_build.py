@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -95,13 +96,15 @@ def convert(model: torch.nn.Module, example: PaddedBatch) -> Any:
     return converted
 
 
-def quantize(model: torch.nn.Module, example: PaddedBatch, rows: Sequence[EncodedPair]) -> OpenVINOModule:
-    """NNCF post-training quantization (transformer preset) calibrated on `rows`, each at its own length."""
+def quantize(model: torch.nn.Module, example: PaddedBatch, rows: Sequence[EncodedPair], float_layers: Sequence[str] = ()) -> OpenVINOModule:
+    """NNCF post-training quantization (transformer preset) calibrated on `rows`, each at its own length; the
+    Linears named in `float_layers` stay floating point (their MatMuls are left out of NNCF's scope)."""
     import nncf
 
     ov_model = convert(model, example)
     dataset = nncf.Dataset(list(rows), lambda row: _inputs(pad_batch([row], 1, len(row), example.spec)))
-    quantized = nncf.quantize(ov_model, dataset, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(rows))
+    ignored = nncf.IgnoredScope(patterns=[f".*{re.escape(name)}/.*" for name in float_layers], validate=False) if float_layers else None
+    quantized = nncf.quantize(ov_model, dataset, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(rows), ignored_scope=ignored)
     return OpenVINOModule.compile(quantized)
 
 

@@ -52,3 +52,22 @@ def tiny_artifacts(tiny_checkpoint: Path, mrpc_dir: Path, tmp_path_factory: pyte
     out = tmp_path_factory.mktemp("artifacts") / "tiny"
     build(tiny_checkpoint, out, BuildOptions(name="tiny", calibration_data=mrpc_dir))
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_mpnet_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random MPNet in MPNet's pair template and padding id (built from its config: nothing downloaded)."""
+    from model_build.tiny import init_tiny
+
+    return init_tiny(tmp_path_factory.mktemp("ckpt-mpnet") / "tiny-mpnet", family="mpnet", seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_mpnet_artifacts(tiny_mpnet_checkpoint: Path, mrpc_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """fp32, the tutorial's int8, int8-calibrated and openvino-int8 of the tiny MPNet."""
+    from model_build.build import BuildOptions, build
+
+    out = tmp_path_factory.mktemp("artifacts-mpnet") / "tiny-mpnet"
+    variants = ("fp32", "int8", "int8-calibrated", "openvino-int8")
+    build(tiny_mpnet_checkpoint, out, BuildOptions(name="tiny-mpnet", calibration_data=mrpc_dir, variants=variants))
+    return out

@@ -67,8 +67,47 @@ class _Row(Generic[RowT]):
 BatchObserver = Callable[[int, int, Any, float, Sequence[float]], None]
 
 
+class WorkerPool:
+    """Single-threaded model workers shared by every model's batcher; a free worker goes to the batchers waiting for
+    one in the order they asked, so batchers of several models take turns batch by batch and a backlog on one model
+    cannot starve another (each asks again only after it got one)."""
+
+    def __init__(self, workers: int) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, not {workers}")
+        self.workers = workers
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="model")
+        self._free: deque[int] = deque(range(workers))
+        self._waiting: deque[asyncio.Future[int]] = deque()
+
+    async def acquire(self) -> int:
+        """A free worker's number, waiting in line for one."""
+        if self._free and not self._waiting:
+            return self._free.popleft()
+        waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._waiting.append(waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release(waiter.result())  # granted just as the waiter was cancelled: pass it on
+            raise
+
+    def release(self, worker: int) -> None:
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(worker)
+                return
+        self._free.append(worker)
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
 class Batcher(Generic[RowT]):
-    """Groups rows from concurrent requests into batches of at most `batch_size` for `forward`."""
+    """Groups rows from concurrent requests into batches of at most `batch_size` for `forward`, run on a worker of
+    `pool` (its own pool of `workers` when none is shared)."""
 
     def __init__(
         self,
@@ -82,13 +121,14 @@ class Batcher(Generic[RowT]):
         group_key: Callable[[RowT], int] | None = None,
         workers: int = 1,
         reserve: int = 0,
+        pool: WorkerPool | None = None,
     ) -> None:
-        if workers < 1:
-            raise ValueError(f"workers must be at least 1, not {workers}")
         if not 0 <= reserve < capacity:
             raise ValueError(f"reserve must be from 0 to capacity - 1 ({capacity - 1}), not {reserve}")
         self._forward = forward
-        self.workers = workers
+        self._owns_pool = pool is None
+        self.pool = pool or WorkerPool(workers)
+        self.workers = self.pool.workers
         self.batch_size = batch_size
         self.max_wait_s = max_wait_s
         self.capacity = capacity
@@ -102,8 +142,6 @@ class Batcher(Generic[RowT]):
         self._group_key = group_key
         self._queue: deque[_Row[RowT]] = deque()
         self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="model")
-        self._free_workers: deque[int] = deque(range(workers))
         self._running: set[asyncio.Task[None]] = set()
         self._dispatch_failure: BaseException | None = None
         self._task: asyncio.Task[None] | None = None
@@ -160,7 +198,8 @@ class Batcher(Generic[RowT]):
                 for task in list(self._running):
                     task.cancel()
                 self._fail_all(ShuttingDown("the service stopped before this request could run"))
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._owns_pool:
+            self.pool.shutdown()
         return done
 
     # ---- submission -----------------------------------------------------------------------------------
@@ -276,13 +315,17 @@ class Batcher(Generic[RowT]):
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            if not self._queue or not self._free_workers:
-                if not self._queue and self._closing:
+            if not self._queue:
+                if self._closing:
                     if self._running:
                         await asyncio.gather(*self._running, return_exceptions=True)
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
+                continue
+            worker = await self.pool.acquire()
+            if not self._queue:  # every queued row was cancelled while this batcher waited for a worker
+                self.pool.release(worker)
                 continue
             deadline = self._queue[0].queued_at + self.max_wait_s
             while len(self._queue) < self.batch_size and not self._closing and self._incoming:
@@ -294,20 +337,20 @@ class Batcher(Generic[RowT]):
                     await asyncio.wait_for(self._wakeup.wait(), remaining)
                 except TimeoutError:
                     break
+            if not self._queue:  # the rows waited for were cancelled meanwhile
+                self.pool.release(worker)
+                continue
             batch = self._take_batch()
             for row in batch:
                 self._release(row.client, 1)
             self._depth_changed()
-            if not batch:
-                continue
-            worker = self._free_workers.popleft()
             task = loop.create_task(self._run(loop, batch, worker), name=f"batch-worker-{worker}")
             self._running.add(task)
             task.add_done_callback(lambda t, batch=batch, worker=worker: self._batch_done(t, batch, worker))
 
     def _batch_done(self, task: asyncio.Task[None], batch: list[_Row[RowT]], worker: int) -> None:
         self._running.discard(task)
-        self._free_workers.append(worker)
+        self.pool.release(worker)
         self._wakeup.set()
         if task.cancelled() and self._closing:  # the drain ran out of time with this batch still running
             for row in batch:
@@ -366,7 +409,7 @@ class Batcher(Generic[RowT]):
         started = time.perf_counter()
         waits = [started - row.queued_at for row in batch]
         try:
-            result = await loop.run_in_executor(self._executor, self._forward, [row.item for row in batch])
+            result = await loop.run_in_executor(self.pool.executor, self._forward, [row.item for row in batch])
             if len(result.scores) != len(batch):
                 raise RuntimeError(f"forward returned {len(result.scores)} scores for {len(batch)} rows")
         except Exception as exc:

@@ -106,6 +106,7 @@ class PairResult:
     logits: tuple[float, float] | None
     tokens: int  # special tokens included, after truncation
     truncated: bool
+    decided_by: str = ""  # the model whose score this is (a cascade's fast or accurate stage)
 
     @property
     def probabilities(self) -> tuple[float, float]:
@@ -129,9 +130,11 @@ def results_for(
     tokens: Sequence[int],
     truncated: Sequence[bool],
     threshold: float,
+    decided_by: Sequence[str],
 ) -> list[PairResult]:
     """Label each pair's score by the threshold."""
-    return [PairResult(label_for(s, threshold), s, lg, n, t) for s, lg, n, t in zip(scores, logits, tokens, truncated, strict=True)]
+    columns = zip(scores, logits, tokens, truncated, decided_by, strict=True)
+    return [PairResult(label_for(s, threshold), s, lg, n, t, d) for s, lg, n, t, d in columns]
 
 
 __all__ = ["LABELS", "MAX_THRESHOLD", "MIN_THRESHOLD", "ModelId", "PairLimits", "PairResult", "Scored", "validate_pairs"]

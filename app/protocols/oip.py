@@ -1,9 +1,11 @@
-"""The model as the Open Inference Protocol sees it, whatever the wire (REST in app/v2.py, gRPC in app/grpc_v2.py):
-its name and version, the tensors it takes and answers, and how tensors become the core's pairs. No FastAPI, no grpc.
+"""The models as the Open Inference Protocol sees them, whatever the wire (REST in app/protocols/v2_rest.py, gRPC in
+app/protocols/v2_grpc.py): their names and versions, the tensors they take and answer, and how tensors become the
+core's pairs. No FastAPI, no grpc.
 
 Inputs: two BYTES tensors `text_a` and `text_b` of shape [N] (or [N, 1]). Outputs: `probabilities` (FP32 [N, 2]:
-not_paraphrase, paraphrase), `label` (BYTES [N]), `score` (FP32 [N], P(paraphrase)), `tokens` (INT32 [N]) and
-`truncated` (BOOL [N]). What a pair may hold (lengths, characters, count) is the core's rule, not the wire's.
+not_paraphrase, paraphrase), `label` (BYTES [N]), `score` (FP32 [N], P(paraphrase)), `tokens` (INT32 [N]),
+`truncated` (BOOL [N]) and `decided_by` (BYTES [N]: the model whose score it is; a cascade's fast or accurate stage).
+What a pair may hold (lengths, characters, count) is the core's rule, not the wire's.
 """
 
 from __future__ import annotations
@@ -14,11 +16,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.core.service import PredictionService
-from app.core.validation import LABELS, Scored, count_problem, shown
+from app.core.validation import LABELS, ModelId, Scored, count_problem, shown
 from app.shared.errors import Dialect, InvalidInput, InvalidPair, ModelNotFound, ValidationFailed
 
 INPUTS = ("text_a", "text_b")
-OUTPUTS = {"probabilities": "FP32", "label": "BYTES", "score": "FP32", "tokens": "INT32", "truncated": "BOOL"}
+OUTPUTS = {"probabilities": "FP32", "label": "BYTES", "score": "FP32", "tokens": "INT32", "truncated": "BOOL", "decided_by": "BYTES"}
 OUTPUT_SHAPES = {"probabilities": [-1, len(LABELS)]}  # the rest are [-1]
 SERVER_NAME, SERVER_VERSION = "paraserve", "0.1.0"
 
@@ -61,27 +63,25 @@ class ModelMetadata:
 
 
 def check_model(service: PredictionService, name: str, version: str | None = None) -> None:
-    """ModelNotFound unless `name` (and `version`, when given) is the model served; NotReady while it is not."""
-    service.require_ready()
-    model = service.model
-    if name != model.name:
-        raise ModelNotFound(f"no model named {shown(name)}; this server serves {model.name!r}")
-    if version and version != model.version:
-        raise ModelNotFound(f"model {shown(name)} has no version {shown(version)}; it has {model.version!r}")
+    """ModelNotFound unless the server serves `name` (and `version`, when given); NotReady while it cannot answer. The
+    name is required here: the protocol addresses every call to a model."""
+    if not name:
+        service.require_ready()
+        raise ModelNotFound("no model named; this protocol addresses every call to /v2/models/{name}")
+    service.get(name, version)
 
 
-def platform(service: PredictionService) -> str:
-    model = service.model
+def platform(model: ModelId) -> str:
     return f"{model.engine}_{model.variant}"
 
 
 def model_metadata(service: PredictionService, name: str, version: str | None) -> ModelMetadata:
     check_model(service, name, version)
-    model = service.model
+    model = service.get(name).id
     return ModelMetadata(
         name=model.name,
         versions=[model.version],
-        platform=platform(service),
+        platform=platform(model),
         inputs=[TensorMeta(n, "BYTES", [-1]) for n in INPUTS],
         outputs=[TensorMeta(n, t, OUTPUT_SHAPES.get(n, [-1])) for n, t in OUTPUTS.items()],
     )
@@ -198,6 +198,7 @@ def output_values(scored: Scored) -> dict[str, tuple[list[int], list[Any]]]:
         "score": ([n], [r.score for r in results]),
         "tokens": ([n], [r.tokens for r in results]),
         "truncated": ([n], [r.truncated for r in results]),
+        "decided_by": ([n], [r.decided_by for r in results]),
     }
 
 
@@ -216,5 +217,6 @@ async def infer(
     check_model(service, name, version)
     wanted = wanted_outputs(outputs)
     a, b = columns(tensors)
-    scored = await service.score(list(zip(a, b, strict=True)), threshold=threshold, client=client, gone=gone)
+    pairs = list(zip(a, b, strict=True))
+    scored = await service.score(pairs, model=name, version=version, threshold=threshold, client=client, gone=gone)
     return scored, wanted

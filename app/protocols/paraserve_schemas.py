@@ -3,9 +3,9 @@ them; the core (app.core.validation.validate_pairs) enforces them, the same for 
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field
 
 from app.core.validation import MAX_THRESHOLD, MIN_THRESHOLD
 from artifact.encoding import DECISION_THRESHOLD, visible_pattern
@@ -18,52 +18,52 @@ EXAMPLE_PAIR = {
 }
 
 
-class SentencePairBase(BaseModel):
+class SentencePair(BaseModel):
     """Two sentences to compare; unknown fields are rejected so a typo ('sentence_1') is not silently ignored."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
+    sentence1: str = Field(
+        description="First sentence: 1 to max_sentence_chars characters, at least one of which the tokenizer keeps "
+        "(not only whitespace, control, zero-width or combining marks)."
+    )
+    sentence2: str = Field(description="Second sentence, same limits.")
 
 
-class PredictRequestBase(BaseModel):
-    """1..N sentence pairs, answered in order."""
+class PredictRequest(BaseModel):
+    """1..N sentence pairs, answered in order, by the model named (the server's default when none is)."""
 
     model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [{"pairs": [EXAMPLE_PAIR]}]})
-
-
-def request_model(max_pairs: int, max_chars: int) -> type[PredictRequestBase]:
-    """The /predict body with this deployment's limits in its schema, so OpenAPI documents them.
-
-    The schema checks structure (types, names); the limits are checked once, in the core, for every protocol.
-    """
-    limits = {"minLength": 1, "maxLength": max_chars, "pattern": visible_pattern()}
-    sentence = Annotated[str, Field(json_schema_extra=limits)]
-    pair = create_model(
-        "SentencePair",
-        __base__=SentencePairBase,
-        sentence1=(
-            sentence,
-            Field(
-                description=f"First sentence: 1 to {max_chars} characters, at least one of which the tokenizer keeps "
-                "(not only whitespace, control, zero-width or combining marks)."
-            ),
-        ),
-        sentence2=(sentence, Field(description="Second sentence, same limits.")),
+    pairs: list[SentencePair] = Field(description="1 to max_pairs_per_request pairs.")
+    threshold: float = Field(
+        DECISION_THRESHOLD,
+        json_schema_extra={"minimum": MIN_THRESHOLD, "maximum": MAX_THRESHOLD},
+        description=f"Decision threshold on P(paraphrase) for `label` ({MIN_THRESHOLD} to {MAX_THRESHOLD}; default "
+        f"{DECISION_THRESHOLD}). Raise it for fewer false paraphrases, lower it for fewer missed ones; `score` is unchanged.",
     )
-    return create_model(
-        "PredictRequest",
-        __base__=PredictRequestBase,
-        pairs=(list[pair], Field(description=f"1 to {max_pairs} pairs.", json_schema_extra={"minItems": 1, "maxItems": max_pairs})),  # type: ignore[valid-type]
-        threshold=(
-            float,
-            Field(
-                DECISION_THRESHOLD,
-                json_schema_extra={"minimum": MIN_THRESHOLD, "maximum": MAX_THRESHOLD},
-                description=f"Decision threshold on P(paraphrase) for `label` ({MIN_THRESHOLD} to {MAX_THRESHOLD}; default "
-                f"{DECISION_THRESHOLD}). Raise it for fewer false paraphrases, lower it for fewer missed ones; `score` is unchanged.",
-            ),
-        ),
-        return_logits=(bool, Field(False, description="Also return the two raw logits of each pair.")),
+    return_logits: bool = Field(False, description="Also return the two raw logits of each pair.")
+    model: str | None = Field(
+        None, max_length=256, description="Which model answers (GET /models lists them); default: the first configured."
     )
+
+
+def pin_limits(schema: dict[str, Any], max_pairs: int, max_chars: int, models: list[str]) -> dict[str, Any]:
+    """The OpenAPI document with this deployment's limits and model names in /predict's schema, so clients and
+    fuzzers see them (the core enforces them, the same for every protocol)."""
+    components = schema.get("components", {}).get("schemas", {})
+    pair = components.get("SentencePair", {}).get("properties", {})
+    for name in ("sentence1", "sentence2"):
+        if name in pair:
+            pair[name].update(minLength=1, maxLength=max_chars, pattern=visible_pattern())
+    request = components.get("PredictRequest", {}).get("properties", {})
+    if "pairs" in request:
+        request["pairs"].update(minItems=1, maxItems=max_pairs)
+    if "model" in request:
+        request["model"] = {
+            "anyOf": [{"type": "string", "enum": models}, {"type": "null"}],
+            "title": "Model",
+            "description": request["model"].get("description", ""),
+        }
+    return schema
 
 
 class ClassValues(BaseModel):
@@ -82,6 +82,7 @@ class Prediction(BaseModel):
     logits: ClassValues | None = Field(None, description="The model's raw logits, when return_logits is true")
     tokens: int = Field(description="Tokens the model read for this pair, [CLS] and [SEP]s included, after truncation")
     truncated: bool = Field(description="True when the pair was longer than the model's 128 tokens and was cut (longest_first)")
+    decided_by: str = Field(description="The model whose score this is: the model named, or a cascade's fast or accurate stage")
 
 
 class ModelRef(BaseModel):
@@ -113,10 +114,41 @@ class Status(BaseModel):
     detail: str | None = None
 
 
-class ModelInfo(BaseModel):
-    """GET /model: the loaded artifact and the effective settings."""
+class ModelSummary(BaseModel):
+    """One model of GET /models."""
 
     name: str
+    kind: Literal["model", "cascade"]
+    version: str
+    variant: str
+    engine: str
+    ready: bool
+    default: bool
+    stages: list[str] = Field(default_factory=list, description="A cascade's fast and accurate models")
+
+
+class ModelList(BaseModel):
+    """GET /models: every model this server answers with; the default answers calls that name none."""
+
+    models: list[ModelSummary]
+
+
+class CascadeInfo(BaseModel):
+    """GET /model?model=<a cascade>: its stages, its band and how the band was chosen."""
+
+    name: str
+    kind: Literal["cascade"] = "cascade"
+    fast: str
+    accurate: str
+    band: dict[str, float] = Field(description="Fast scores in [low, high) are scored again by the accurate model")
+    source: dict[str, Any] = Field(description="The cascade file: how the band was chosen (on MRPC train, by cross-validation)")
+
+
+class ModelInfo(BaseModel):
+    """GET /model: one loaded artifact (the default, or ?model=name) and the effective settings."""
+
+    name: str
+    kind: Literal["model"] = "model"
     variant: str
     engine: str = Field(description="torchscript or openvino")
     selection: str = Field(description="Why this artifact serves here: as configured, a fallback, or the engine race of `auto`")

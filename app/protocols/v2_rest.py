@@ -244,16 +244,17 @@ def build_v2_router(guard: Any) -> APIRouter:
     return router
 
 
-def pin_model(schema: dict[str, Any], name: str, version: str) -> dict[str, Any]:
-    """The OpenAPI document with the served model's name and version as the only values of the v2 path parameters,
-    so clients and fuzzers see which model this server serves."""
+def pin_models(schema: dict[str, Any], versions: dict[str, str]) -> dict[str, Any]:
+    """The OpenAPI document with the served models' names and versions as the only values of the v2 path parameters,
+    so clients and fuzzers see which models this server serves."""
     for path, operations in schema.get("paths", {}).items():
         if not path.startswith(PREFIX + "/models/"):
             continue
         for operation in operations.values():
             for parameter in operation.get("parameters", []):
                 if parameter.get("in") == "path" and parameter.get("name") in ("name", "version"):
-                    parameter.setdefault("schema", {})["enum"] = [name if parameter["name"] == "name" else version]
+                    values = list(versions) if parameter["name"] == "name" else sorted(set(versions.values()))
+                    parameter.setdefault("schema", {})["enum"] = values
     return schema
 
 

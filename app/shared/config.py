@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -9,6 +10,35 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from artifact.kernels import available_cpus
+
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def parse_models(value: str) -> dict[str, Path]:
+    """`name=folder,name=folder` as an ordered mapping; ValueError naming the first problem."""
+    found: dict[str, Path] = {}
+    for item in value.split(","):
+        name, sep, folder = item.strip().partition("=")
+        name, folder = name.strip(), folder.strip()
+        if not sep or not folder or not _MODEL_NAME.fullmatch(name):
+            raise ValueError(f"{item.strip()!r} is not name=folder (a name of letters, digits, '.', '_' or '-')")
+        if name in found:
+            raise ValueError(f"model {name!r} is named twice")
+        found[name] = Path(folder)
+    if not found:
+        raise ValueError("no model named")
+    return found
+
+
+def parse_band(value: str) -> tuple[float, float]:
+    """`low,high` with 0 <= low <= high <= 1."""
+    try:
+        low, high = (float(v) for v in value.split(","))
+    except ValueError:
+        raise ValueError(f"{value!r} is not low,high (two numbers)") from None
+    if not 0.0 <= low <= high <= 1.0:
+        raise ValueError(f"{value!r}: a band needs 0 <= low <= high <= 1")
+    return low, high
 
 
 class Settings(BaseSettings):
@@ -20,6 +50,16 @@ class Settings(BaseSettings):
         Path("model-cache/default/artifacts"),
         description="An artifacts root (the best variant this host runs serves) or one variant folder, built by "
         "`python -m model_build build`.",
+    )
+    models: str | None = Field(
+        None,
+        description="Several models in one server, as `name=folder,name=folder` (each an artifacts root or variant folder, or "
+        "a cascade's folder); the first is the default of calls that name none. Unset: artifact_dir alone, named by its manifest.",
+    )
+    cascade_band: str | None = Field(
+        None,
+        description="`low,high`: the fast scores a cascade sends to its accurate model, overriding the band its file records "
+        "(chosen on MRPC train by cross-validation).",
     )
     engine: str = Field(
         "auto",
@@ -139,6 +179,24 @@ class Settings(BaseSettings):
     protect_metrics: bool = Field(False, description="With api_key set, also require it on /metrics (health stays open).")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     json_logs: bool = Field(False, description="One JSON object per log line (for log shippers).")
+
+    @field_validator("models")
+    @classmethod
+    def _model_list(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_models(value)
+        return value
+
+    @field_validator("cascade_band")
+    @classmethod
+    def _band(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_band(value)
+        return value
+
+    def model_folders(self) -> dict[str, Path] | None:
+        """PARASERVE_MODELS by name, in order; None when unset (artifact_dir alone)."""
+        return parse_models(self.models) if self.models else None
 
     @field_validator("engine")
     @classmethod

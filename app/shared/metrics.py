@@ -24,7 +24,7 @@ RATIO_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 class Metrics:
     """The service's metrics, named paraserve_*."""
 
-    def __init__(self, registry: CollectorRegistry, batch_size: int = 8) -> None:
+    def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         self.requests = Counter(
             "paraserve_http_requests",
@@ -40,34 +40,60 @@ class Metrics:
             registry=registry,
         )
         self.errors = Counter("paraserve_errors", "Error responses by error_type.", ["error_type"], registry=registry)
-        self.predictions = Counter("paraserve_predictions", "Pairs answered, by predicted label.", ["label"], registry=registry)
+        self.predictions = Counter(
+            "paraserve_predictions", "Pairs answered, by model and predicted label.", ["model", "label"], registry=registry
+        )
         self.tokenize_duration = Histogram(
-            "paraserve_tokenize_duration_seconds", "Tokenization time of one request's pairs.", buckets=FAST_BUCKETS, registry=registry
+            "paraserve_tokenize_duration_seconds",
+            "Tokenization time of one request's pairs.",
+            ["model"],
+            buckets=FAST_BUCKETS,
+            registry=registry,
         )
         self.queue_wait = Histogram(
             "paraserve_queue_wait_seconds",
             "Time a pair waits from queueing to the start of its batch.",
+            ["model"],
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
         self.inference_duration = Histogram(
-            "paraserve_inference_duration_seconds", "Forward time of one padded batch.", buckets=INFERENCE_BUCKETS, registry=registry
+            "paraserve_inference_duration_seconds",
+            "Forward time of one padded batch.",
+            ["model"],
+            buckets=INFERENCE_BUCKETS,
+            registry=registry,
         )
         self.batch_rows = Histogram(
-            "paraserve_batch_rows", "Real pairs per batch (batch fill).", buckets=tuple(range(1, batch_size + 1)), registry=registry
+            "paraserve_batch_rows", "Real pairs per batch (batch fill).", ["model"], buckets=tuple(range(1, 9)), registry=registry
         )
         self.batch_token_fill = Histogram(
             "paraserve_batch_token_fill_ratio",
             "Real tokens / padded tokens of each batch (1 - padding fraction).",
+            ["model"],
             buckets=RATIO_BUCKETS,
             registry=registry,
         )
-        self.batches_failed = Counter("paraserve_batches_failed", "Batches whose forward raised.", registry=registry)
-        self.queue_depth = Gauge("paraserve_queue_depth_pairs", "Pairs waiting for the model.", registry=registry)
-        self.queue_capacity = Gauge("paraserve_queue_capacity_pairs", "Configured queue capacity in pairs.", registry=registry)
-        self.ready = Gauge("paraserve_ready", "1 when the model is warmed up and the worker is alive.", registry=registry)
-        self.model_size = Gauge("paraserve_model_size_bytes", "Size of the loaded model.pt.", ["variant"], registry=registry)
-        self.model_info = Info("paraserve_model", "The loaded artifact.", registry=registry)
+        self.batches_failed = Counter("paraserve_batches_failed", "Batches whose forward raised.", ["model"], registry=registry)
+        self.queue_depth = Gauge("paraserve_queue_depth_pairs", "Pairs waiting for each model.", ["model"], registry=registry)
+        self.queue_capacity = Gauge(
+            "paraserve_queue_capacity_pairs", "Configured queue capacity of each model, in pairs.", ["model"], registry=registry
+        )
+        self.ready = Gauge("paraserve_ready", "1 when every model is warmed up and the workers are alive.", registry=registry)
+        self.model_ready = Gauge(
+            "paraserve_model_ready", "1 when this model (or both stages of a cascade) can answer.", ["model"], registry=registry
+        )
+        self.model_size = Gauge(
+            "paraserve_model_size_bytes", "Size of each loaded model on disk (model file and weights).", ["model", "variant"],
+            registry=registry,
+        )  # fmt: skip
+        self.model_info = Info("paraserve_model", "Each loaded artifact.", ["model"], registry=registry)
+        self.cascade_pairs = Counter(
+            "paraserve_cascade_pairs",
+            "Pairs a cascade answered, by which of its models decided (its accurate model's count = escalations).",
+            ["model", "decided_by"],
+            registry=registry,
+        )
         self.workers = Gauge("paraserve_workers", "Model workers (single-threaded, sharing one copy of the weights).", registry=registry)
         self.worker_busy = Counter(
             "paraserve_worker_busy_seconds",
@@ -79,7 +105,7 @@ class Metrics:
         self.connections_open = Gauge("paraserve_connections_open", "Open HTTP connections.", registry=registry)
         self.connections_closed = Counter(
             "paraserve_connections_closed",
-            "Connections the server closed, by reason: " + ", ".join(CLOSE_REASONS) + " (README: Reliability).",
+            "Connections the server closed, by reason: " + ", ".join(CLOSE_REASONS) + " (docs/reliability.md).",
             ["reason"],
             registry=registry,
         )
@@ -113,7 +139,7 @@ class Metrics:
             registry=registry,
         )
         self.tokenize_pending = Gauge(
-            "paraserve_tokenize_pending_pairs", "Pairs admitted and being tokenized (not yet queued).", registry=registry
+            "paraserve_tokenize_pending_pairs", "Pairs admitted and being tokenized (not yet queued).", ["model"], registry=registry
         )
         # process_resident_memory_bytes, CPU seconds, open fds: the load and reliability reports read them.
         ProcessCollector(registry=registry)

@@ -74,7 +74,7 @@ def engine(name: str) -> EngineSpec:
     try:
         return ENGINES[name]
     except KeyError:
-        raise ArtifactError(f"unknown engine {name!r}; this paraserve runs {', '.join(ENGINES)}: rebuild the artifact") from None
+        raise ArtifactError(f"unknown engine {name!r}; this paraserve runs {', '.join(sorted(ENGINES))}: rebuild the artifact") from None
 
 
 def check_runnable(manifest: Manifest) -> None:

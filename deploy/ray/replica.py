@@ -16,9 +16,15 @@ from app.shared.config import Settings
 
 
 def replica_settings(args: dict[str, Any]) -> dict[str, Any]:
-    """The config's `args` over one CPU per replica (ray_actor_options.num_cpus: 1); a bad setting raises here."""
+    """The config's `args` over one CPU per replica (ray_actor_options.num_cpus: 1); a bad setting raises here.
+
+    gRPC is refused: every replica would bind the one port (Ray Serve's own gRPC proxy routes gRPC to replicas; this
+    app's gRPC edge is `python -m app`'s). Several models (PARASERVE_MODELS) are served by each replica as by one
+    process."""
     values = {"workers": 1, "torch_threads": 1, **args}
-    Settings(**values)
+    settings = Settings(**values)
+    if settings.grpc_port is not None:
+        raise ValueError("grpc_port is not served under Ray Serve: each replica would bind it (use python -m app for gRPC)")
     return values
 
 

@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from app.main import create_app
 from app.protocols.grpc_gen import open_inference_pb2 as pb
 from app.protocols.grpc_gen import open_inference_pb2_grpc as pb_grpc
+from app.protocols.oip import OUTPUTS
 from model_build.parity_pairs import PARITY_PAIRS
 from tests.api.conftest import GatedRuntime, settings_for
 from tests.harness.scrape import metric_sum, samples
@@ -183,19 +184,19 @@ def test_overload_expired_deadlines_readiness_and_keys_in_process(int8_dir: Path
                 while not runtime.entered.is_set():
                     await asyncio.sleep(0.01)
                 queued = asyncio.ensure_future(stub.ModelInfer(infer_request([b"c"] * 8, [b"d"] * 8), metadata=key))
-                while service.batcher.depth < 8:
+                while service.get().batcher.depth < 8:
                     await asyncio.sleep(0.01)
                 with pytest.raises(grpc.aio.AioRpcError) as caught:
                     await stub.ModelInfer(infer_request([b"e"], [b"f"]), metadata=key)
                 found["overload"] = caught.value.code()
                 queued.cancel()  # the client gives up: its 8 rows leave the queue
-                while service.batcher.depth:
+                while service.get().batcher.depth:
                     await asyncio.sleep(0.01)
                 with pytest.raises(grpc.aio.AioRpcError) as caught:
                     await stub.ModelInfer(infer_request([b"g"] * 3, [b"h"] * 3), metadata=key, timeout=0.3)
                 found["deadline"] = caught.value.code()
                 await asyncio.sleep(0.2)
-                found["depth after the deadline"] = service.batcher.depth
+                found["depth after the deadline"] = service.get().batcher.depth
                 runtime.gate.set()
                 found["held"] = len((await held).outputs)
                 health = health_pb2_grpc.HealthStub(channel)
@@ -214,7 +215,7 @@ def test_overload_expired_deadlines_readiness_and_keys_in_process(int8_dir: Path
         "overload": grpc.StatusCode.RESOURCE_EXHAUSTED,
         "deadline": grpc.StatusCode.DEADLINE_EXCEEDED,
         "depth after the deadline": 0,
-        "held": 5,
+        "held": len(OUTPUTS),  # every output, decided_by included
         "health": health_pb2.HealthCheckResponse.SERVING,
         "health draining": health_pb2.HealthCheckResponse.NOT_SERVING,
         "draining": grpc.StatusCode.UNAVAILABLE,

@@ -97,13 +97,13 @@ def test_an_abandoned_v2_request_frees_its_queue_room(int8_dir: Path, runtime: G
             }  # fmt: skip
             call = asyncio.ensure_future(manager.app(scope, receive, send))
             for _ in range(500):
-                if service.batcher.depth == 5:
+                if service.get().batcher.depth == 5:
                     break
                 await asyncio.sleep(0.01)
-            waiting = service.batcher.depth
+            waiting = service.get().batcher.depth
             left.set()
             await asyncio.wait_for(call, 10)
-            after = service.batcher.depth
+            after = service.get().batcher.depth
             runtime.gate.set()
             await blocker
             return waiting, after, sent

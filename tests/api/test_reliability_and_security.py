@@ -77,7 +77,7 @@ def test_a_dead_worker_turns_readyz_503_and_stops_the_server(int8_dir: Path, run
     with TestClient(app) as c:
         assert c.get("/readyz").status_code == 200
         service: PredictionService = app.state.service
-        service.batcher._task.cancel()  # type: ignore[union-attr]
+        service.get().batcher._task.cancel()  # type: ignore[union-attr]
         c.get("/healthz")  # let the loop run the cancellation
         assert c.get("/readyz").status_code == 503
         r = c.post("/predict", json={"pairs": [PAIR]})
@@ -89,7 +89,7 @@ def test_a_dead_worker_turns_readyz_503_and_stops_the_server(int8_dir: Path, run
         async def bug(*_: object) -> None:
             raise AttributeError("a bug in the batch loop itself")
 
-        app2.state.service.batcher._run = bug
+        app2.state.service.get().batcher._run = bug
         r = c.post("/predict", json={"pairs": [PAIR]})
         assert r.status_code == 500 and r.json() == {"error": "the model worker stopped", "error_type": "inference"}
         assert c.get("/readyz").status_code == 503
@@ -100,7 +100,7 @@ def test_a_dead_worker_turns_readyz_503_and_stops_the_server(int8_dir: Path, run
 def test_a_client_that_leaves_frees_its_queue_slots(int8_dir: Path, runtime: GatedRuntime):
     async def scenario() -> tuple[int, int]:
         service = PredictionService(settings_for(int8_dir, max_batch_wait_ms=0), Metrics(CollectorRegistry()))
-        await service.start(runtime)
+        await service.start({"tiny": runtime})
         runtime.gate.clear()
         runtime.entered.clear()
         blocker = asyncio.ensure_future(service.score([("a", "b")] * 8))  # holds the model
@@ -108,13 +108,14 @@ def test_a_client_that_leaves_frees_its_queue_slots(int8_dir: Path, runtime: Gat
             await asyncio.sleep(0.01)
         left = asyncio.Event()
         leaving = asyncio.ensure_future(service.score([("c", "d")] * 5, gone=left.wait))
-        await asyncio.sleep(0.05)
-        depth_while_waiting = service.batcher.depth
+        while service.get().batcher.depth < 5:  # queued behind the blocker
+            await asyncio.sleep(0)
+        depth_while_waiting = service.get().batcher.depth
         left.set()
         with pytest.raises(ClientClosed):
             await leaving
         await asyncio.sleep(0)
-        depth_after = service.batcher.depth
+        depth_after = service.get().batcher.depth
         runtime.gate.set()
         await blocker
         await service.stop()

@@ -15,10 +15,24 @@ ROOT = Path(__file__).resolve().parents[2]
 LINK = re.compile(r"\]\(([^)#\s]+)(#[^)\s]*)?\)")
 
 
-def test_every_setting_has_a_row_in_the_configuration_table():
+def test_the_settings_and_metrics_tables_are_what_the_code_generates():
+    from scripts.gen_docs import render
+
     api = (ROOT / "docs" / "api.md").read_text()
-    missing = [name for name in Settings.model_fields if f"`PARASERVE_{name.upper()}`" not in api]
-    assert not missing, f"settings without a row in docs/api.md: {missing}"
+    assert render(api) == api, "docs/api.md is stale: run python -m scripts.gen_docs"
+
+
+def test_the_generated_tables_hold_every_setting_with_its_default_and_every_metric():
+    from scripts.gen_docs import metrics_table, settings_table
+
+    settings = settings_table()
+    for name, field in Settings.model_fields.items():
+        row = next(line for line in settings.splitlines() if line.startswith(f"| `PARASERVE_{name.upper()}` |"))
+        if isinstance(field.default, int | float) and not isinstance(field.default, bool):
+            assert f"`{field.default}`" in row, row  # the default the code has, not one a page remembers
+    metrics = metrics_table()
+    for metric in ("paraserve_grpc_refused_total", "paraserve_cascade_pairs_total", "paraserve_queue_depth_pairs"):
+        assert f"| `{metric}` |" in metrics
 
 
 def test_the_readme_is_one_short_page_whose_links_resolve():
