@@ -56,9 +56,7 @@ def metrics_table() -> str:
         labels = ", ".join(f"`{label}`" for label in metric._labelnames)
         text = metric._documentation.replace("|", "\\|")
         rows.append(f"| `{name}` | {kind} | {labels} | {text} |")
-    rows.append(
-        "| `process_*` | gauge, counter | | resident memory, CPU seconds, open fds (the process collector) |"
-    )
+    rows.append("| `process_*` | gauge, counter | | resident memory, CPU seconds, open fds (the process collector) |")
     return "\n".join(rows)
 
 
