@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 import shutil
 import tempfile
 import time
@@ -84,6 +85,9 @@ class BuildOptions:
     calibration_pairs: int = 512
     activation_bits: int = 8
     weight_bits: int = 7
+    # A regular expression on Linear names: the layers the int8 variants (int8, int8-calibrated, openvino-int8) keep in
+    # float. Empty: every Linear is int8 (the tutorial's recipe). bench/int8_recipes.py measures what a checkpoint needs.
+    float_layers: str = ""
 
     def __post_init__(self) -> None:
         if not self.variants:
@@ -231,16 +235,19 @@ def check_tokenizer(ckpt: Checkpoint, encoder: PairEncoder, pairs: Sequence[tupl
             )
 
 
-def check_ops(variant: str, counts: dict[str, int], linears: tuple[int, int], linear_op: str | None) -> None:
-    """Every Linear became `linear_op`: int8 graphs hold one int8 Linear op per Linear and no float or other int8
-    Linear; the debug graph quantizes every weight (aten::quantize_per_channel) and keeps float Linears."""
+def check_ops(variant: str, counts: dict[str, int], linears: tuple[int, int], linear_op: str | None, float_layers: int = 0) -> None:
+    """Every Linear became `linear_op` but the `float_layers` kept in float: int8 graphs hold one int8 Linear op per
+    quantized Linear, one float Linear per kept one, and no other; the debug graph quantizes every weight
+    (aten::quantize_per_channel) and keeps float Linears."""
     if linear_op is None:
         return
-    total, encoder = linears
+    total, encoder = linears[0] - float_layers, linears[1] - float_layers
     found = counts.get(linear_op, 0)
     others = {op: counts.get(op, 0) for op in ("aten::linear", DYNAMIC_OP, FIXED_RANGE_OP) if op != linear_op}
     if linear_op == "aten::quantize_per_channel":
         others = {}
+    elif float_layers:
+        others["aten::linear"] -= float_layers
     if found < encoder or found != total or any(others.values()):
         extra = "".join(f", {n} {op}" for op, n in others.items())
         raise VerificationError(
@@ -373,6 +380,7 @@ class Stage:
     opts: BuildOptions
     ranges: Sequence[ActivationRange]
     calibration_rows: Sequence[EncodedPair] = ()
+    float_layers: tuple[str, ...] = ()  # Linears the int8 recipes that honour it keep in float
 
 
 PER_CHANNEL = {
@@ -410,6 +418,7 @@ class Recipe:
     linear_op: str | None  # what every nn.Linear must have become (check_ops); None: the recipe's checks say
     checks: tuple[Check, ...] = ()
     reference: str = "traced"  # what its logits are compared with: the traced fp32 model, or (fp32 itself) the eager one
+    honours_float_layers: bool = False  # keeps BuildOptions.float_layers in float
     batch_invariant: bool = False  # must pass check_batch_invariance
     needs_calibration: bool = False
     engine: str = TORCHSCRIPT
@@ -457,7 +466,8 @@ def _weight_bits(v: Verifying) -> tuple[str, Any] | None:
 
 
 def _int8_matmuls(v: Verifying) -> tuple[str, Any]:
-    return "int8_matmuls", openvino_build.check_int8_matmuls(v.module, v.linears)
+    kept = len(v.scheme.float_layers) if v.scheme is not None else 0
+    return "int8_matmuls", openvino_build.check_int8_matmuls(v.module, (v.linears[0], v.linears[1] - kept))
 
 
 def _label_stability(v: Verifying) -> tuple[str, Any] | None:
@@ -475,7 +485,7 @@ def _eager_int8(stage: Stage) -> torch.jit.ScriptModule:
 
 def _calibrated(stage: Stage) -> torch.jit.ScriptModule:
     opts = stage.opts
-    quantized = quantize_int8(stage.traced, two_step=opts.two_step, weight_bits=opts.weight_bits)
+    quantized = quantize_int8(stage.traced, two_step=opts.two_step, weight_bits=opts.weight_bits, float_layers=stage.float_layers)
     return calibration.fix_activation_ranges(quantized, stage.ranges)
 
 
@@ -495,10 +505,11 @@ def _calibrated_qconfig(opts: BuildOptions) -> dict[str, Any]:
 RECIPES: dict[Variant, Recipe] = {
     Variant.FP32: Recipe(lambda st: st.traced, lambda _: None, lambda _: None, None, reference="eager", batch_invariant=True),
     Variant.INT8: Recipe(
-        lambda st: quantize_int8(st.traced, two_step=st.opts.two_step),
+        lambda st: quantize_int8(st.traced, two_step=st.opts.two_step, float_layers=st.float_layers),
         lambda o: dict(PER_CHANNEL, debug=False, two_step=o.two_step),
         lambda _: Int8Scheme(weight_bits=8, activation_bits=None),
         DYNAMIC_OP,
+        honours_float_layers=True,
     ),
     Variant.DEBUG: Recipe(
         lambda st: quantize_int8(st.traced, debug=True, two_step=st.opts.two_step),
@@ -520,15 +531,17 @@ RECIPES: dict[Variant, Recipe] = {
         checks=(_weight_bits,),
         batch_invariant=True,
         needs_calibration=True,
+        honours_float_layers=True,
     ),
     Variant.OPENVINO_INT8: Recipe(
-        lambda st: openvino_build.quantize(st.model, st.example, st.calibration_rows),
+        lambda st: openvino_build.quantize(st.model, st.example, st.calibration_rows, st.float_layers),
         lambda o: openvino_build.qconfig(o.calibration_pairs),
         lambda _: Int8Scheme(weight_bits=8, activation_bits=8),
         None,
         checks=(_int8_matmuls, _label_stability),
         batch_invariant=True,
         needs_calibration=True,
+        honours_float_layers=True,
         engine=OPENVINO,
         invariance_tolerance=openvino_build.OPENVINO_SHAPE_TOLERANCE,
     ),
@@ -549,6 +562,7 @@ def build_variants(
     ranges: Sequence[ActivationRange] = (),
     calibration_rows: Sequence[EncodedPair] = (),
     encoder: PairEncoder | None = None,
+    float_layers: tuple[str, ...] = (),
 ) -> list[BuiltVariant]:
     """Make and verify every requested variant (at every shape of `shaped`) from its recipe; nothing is written here.
 
@@ -565,7 +579,7 @@ def build_variants(
     traced_at = {shape: run(traced, [b.batch])[0] for shape, b in shaped.items()}
     bar.update(1)
     linears = count_linears(model)
-    stage = Stage(model, traced, batches[0], opts, ranges, calibration_rows)
+    stage = Stage(model, traced, batches[0], opts, ranges, calibration_rows, float_layers)
     built: list[BuiltVariant] = []
     columns = sorted({c for _, c in shaped}) or [opts.seq_len]
     for variant in opts.variants:
@@ -576,8 +590,11 @@ def build_variants(
         tolerance = TRACE_TOLERANCE if eager else opts.tolerance
         parity = dict(compare(reference if eager else traced_logits, logits), reference=f"{recipe.reference} fp32", tolerance=tolerance)
         counts = WRITERS[recipe.engine].op_counts(module)
-        check_ops(variant, counts, linears, recipe.linear_op)
+        kept = float_layers if recipe.honours_float_layers else ()
+        check_ops(variant, counts, linears, recipe.linear_op, len(kept))
         scheme = recipe.int8(opts)
+        if scheme is not None and kept:
+            scheme = scheme.model_copy(update={"float_layers": kept})
         verifying = Verifying(Variant(variant), module, scheme, linears, ckpt, opts, encoder, columns)
         check_parity(variant, parity, tolerance)
         at = traced_at if module is traced else {shape: run(module, [b.batch])[0] for shape, b in shaped.items()}
@@ -638,14 +655,27 @@ def build(model_dir: Path, out: Path, opts: BuildOptions | None = None) -> dict[
         rows = rows + short_rows(tokenizer_dir / fmt.TOKENIZER_FILE, rows, opts.shapes())
         shaped = shape_batches(rows, opts.shapes(), spec)
         layers = linear_execution_order(ckpt.model, batches[0])
+        floats = tuple(name for name in layers if opts.float_layers and re.search(opts.float_layers, name))
+        quantized = [name for name in layers if name not in floats]
         needs_ranges = any(v == Variant.INT8_CALIBRATED for v in opts.variants)
-        ranges = calibrate(ckpt, encoder, layers, opts) if needs_ranges else []
+        ranges = calibrate(ckpt, encoder, quantized, opts) if needs_ranges else []
         train_rows: list[EncodedPair] = []
         if any(RECIPES[v].needs_calibration for v in opts.variants):
             assert opts.calibration_data is not None
             train_rows = calibration.calibration_rows(opts.calibration_data, encoder, opts.calibration_pairs)
         with progress(total=1 + 2 * len(opts.variants), desc="build", unit="step") as bar:
-            built = build_variants(ckpt, batches, opts, bar, shaped, rows=rows, ranges=ranges, calibration_rows=train_rows, encoder=encoder)
+            built = build_variants(
+                ckpt,
+                batches,
+                opts,
+                bar,
+                shaped,
+                rows=rows,
+                ranges=ranges,
+                calibration_rows=train_rows,
+                encoder=encoder,
+                float_layers=floats,
+            )
             manifests = {}
             for item in built:
                 manifests[item.variant] = _write_variant(item, staging / item.variant, tokenizer_dir, ckpt, opts, batches, layers, started)

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from artifact.errors import UserError
 from artifact.kernels import available_cpus
@@ -231,20 +232,28 @@ def _ensure_default_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", type=Path, default=Path("model-cache"), help="git-ignored folder for checkpoints and artifacts")
     p.add_argument("--data-dir", type=Path, required=True, help="GLUE MRPC folder (fine-tuning, and calibrating the int8 variants)")
     p.add_argument("--model-dir", type=Path, default=None, help="serve this local MRPC checkpoint instead of fine-tuning")
-    p.add_argument("--model", default=DEFAULT_BASE, choices=list(BASES), help=f"the base to fine-tune (default: {DEFAULT_BASE})")
+    p.add_argument(
+        "--model",
+        default=DEFAULT_BASE,
+        choices=[*BASES, "cascade"],
+        help=f"the base to fine-tune (default: {DEFAULT_BASE}), or cascade: both models and the cascade (prints PARASERVE_MODELS)",
+    )
 
 
 def _ensure_default(args: argparse.Namespace, threads: int) -> None:
     """Print the folder and nothing else on stdout: scripts/serve.sh serves what it reads there. What libraries print
     while building goes to stderr, at the file-descriptor level (NNCF draws its progress bars on stdout, and the first
     clean-clone start once tried to serve "Statistics collection ━━━ 100% ...")."""
-    from model_build.default_model import ensure_default_artifacts
+    from model_build.default_model import ensure_cascade, ensure_default_artifacts
 
     sys.stdout.flush()
     saved = os.dup(1)
     os.dup2(2, 1)
     try:
-        artifacts = ensure_default_artifacts(args.cache, args.data_dir, args.model_dir, args.model)
+        if args.model == "cascade":
+            artifacts: Any = ensure_cascade(args.cache, args.data_dir)
+        else:
+            artifacts = ensure_default_artifacts(args.cache, args.data_dir, args.model_dir, args.model)
     finally:
         sys.stdout.flush()  # what Python buffered for stdout meanwhile goes to stderr too
         os.dup2(saved, 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from pathlib import Path
 
@@ -102,3 +103,25 @@ def ensure_default_artifacts(cache: Path, data_dir: Path, model_dir: Path | None
     if not _cached(artifacts, config_hash(checkpoint), served):
         raise BuildError(f"artifacts in {artifacts} did not verify after building")
     return artifacts
+
+
+# The cascade the README's run command serves with MODEL=cascade: its two models, and the band `python -m model_build
+# cascade` chose from their searches' out-of-fold scores on MRPC train (docs/model.md, "The cascade"), committed like
+# DEFAULT_RECIPE so a first start does not repeat two hours of cross-validation. Rerun the command to choose again.
+CASCADE_STAGES = (("fast", DEFAULT_BASE), ("accurate", "mpnet-base"))
+CASCADE_CHOICE = Path(__file__).with_name("cascade_choice.json")
+
+
+def ensure_cascade(cache: Path, data_dir: Path) -> str:
+    """Both models' artifacts and the cascade's folder, as PARASERVE_MODELS (`fast=...,accurate=...,cascade=...`)."""
+    from artifact.cascade import CASCADE_FORMAT, CascadeBand, CascadeFile, write_cascade
+
+    folders = {name: ensure_default_artifacts(cache, data_dir, model=base_name) for name, base_name in CASCADE_STAGES}
+    chosen = json.loads(CASCADE_CHOICE.read_text(encoding="utf-8"))
+    low, high = chosen["band"]
+    fast, accurate = (base(base_name).served_name for _, base_name in CASCADE_STAGES)
+    spec = CascadeFile(
+        format_version=CASCADE_FORMAT, name="cascade", fast=fast, accurate=accurate, band=CascadeBand(low=low, high=high), chosen=chosen
+    )
+    folders["cascade"] = write_cascade(cache / "cascade", spec).parent
+    return ",".join(f"{name}={folder}" for name, folder in folders.items())

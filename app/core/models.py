@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.core.batcher import Batcher, RowResult, WorkerPool
-from app.core.validation import ModelId, PairLimits, PairResult, Scored, results_for, validate_pairs, validate_threshold
+from app.core.validation import LABELS, ModelId, PairLimits, PairResult, Scored, results_for, validate_pairs, validate_threshold
 from app.shared.errors import ClientClosed, InferenceFailed, InvalidPair, NotReady
 from app.shared.logs import ExceptionLog
 from app.shared.metrics import Metrics
@@ -96,6 +96,12 @@ class ServedModel:
         self._tokenizer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"tokenize-{name}")
         self._log_exception = ExceptionLog(log)
         self.ready = False
+        # Every series of this model exists from the start, at 0, so rates and alerts see a 0 before the first request.
+        for metric in (metrics.tokenize_duration, metrics.queue_wait, metrics.inference_duration, metrics.batch_rows,
+                       metrics.batch_token_fill, metrics.batches_failed, metrics.tokenize_pending, metrics.queue_depth):  # fmt: skip
+            metric.labels(model=name)
+        for label in LABELS:
+            metrics.predictions.labels(model=name, label=label)
 
     @property
     def stages(self) -> tuple[str, ...]:
@@ -124,26 +130,27 @@ class ServedModel:
         checked = validate_pairs(pairs, self.limits)
         cut = validate_threshold(threshold)
         # Admitted (or refused with Overloaded) before tokenization; a partial batch may wait for these rows.
-        with self.batcher.incoming(len(checked), client):
-            pending = await self.submit(checked, client=client)
+        try:
+            with self.batcher.incoming(len(checked), client):
+                pending = await self.submit(checked, client=client)
+        finally:
+            self.pending_changed()  # also after a refusal or a failure: nothing stays "pending"
         return self.answer(await pending.result(gone), cut)
+
+    def pending_changed(self) -> None:
+        self.metrics.tokenize_pending.labels(model=self.name).set(self.batcher.reserved)
 
     async def submit(self, checked: list[tuple[str, str]], *, client: str) -> _Pending:
         """Tokenize validated pairs and queue them, in the room this request holds (`Batcher.incoming`)."""
         loop = asyncio.get_running_loop()
-        batcher = self.batcher
-        pending = self.metrics.tokenize_pending.labels(model=self.name)
-        try:
-            pending.set(batcher.reserved)
-            started = time.perf_counter()
-            with self.tracer.span("tokenize", pairs=len(checked), model=self.name):
-                rows = await loop.run_in_executor(self._tokenizer, self._encode, checked)
-            self.metrics.tokenize_duration.labels(model=self.name).observe(time.perf_counter() - started)
-            _require_tokens(rows)
-            submitted_ns = now_ns()
-            futures = batcher.submit(rows, reserved=len(rows), client=client)
-        finally:
-            pending.set(batcher.reserved)  # also after a refusal or a failure: nothing stays "pending"
+        self.pending_changed()
+        started = time.perf_counter()
+        with self.tracer.span("tokenize", pairs=len(checked), model=self.name):
+            rows = await loop.run_in_executor(self._tokenizer, self._encode, checked)
+        self.metrics.tokenize_duration.labels(model=self.name).observe(time.perf_counter() - started)
+        _require_tokens(rows)
+        submitted_ns = now_ns()
+        futures = self.batcher.submit(rows, reserved=len(rows), client=client)
         return _Pending(self, rows, futures, submitted_ns)
 
     def answer(self, run: _Found, cut: float, decided_by: Sequence[str] | None = None) -> Scored:
@@ -242,12 +249,18 @@ class Cascade:
         cut = validate_threshold(threshold)
         n = len(checked)
         second: _Found | None = None
-        with self.accurate.batcher.incoming(n, client):  # room for every pair in the accurate queue, until it is known
-            with self.fast.batcher.incoming(n, client):
-                pending = await self.fast.submit(checked, client=client)
-            first = await pending.result(gone)
-            escalate = [i for i, r in enumerate(first.found) if self.band.holds(r.score)]
-            escalated = await self.accurate.submit([checked[i] for i in escalate], client=client) if escalate else None
+        try:
+            with self.accurate.batcher.incoming(n, client):  # room for every pair in the accurate queue, until it is known
+                try:
+                    with self.fast.batcher.incoming(n, client):
+                        pending = await self.fast.submit(checked, client=client)
+                finally:
+                    self.fast.pending_changed()
+                first = await pending.result(gone)
+                escalate = [i for i, r in enumerate(first.found) if self.band.holds(r.score)]
+                escalated = await self.accurate.submit([checked[i] for i in escalate], client=client) if escalate else None
+        finally:
+            self.accurate.pending_changed()
         if escalated is not None:
             second = await escalated.result(gone)
         found, rows, decided = list(first.found), list(first.rows), [self.fast.name] * n

@@ -106,7 +106,7 @@ def test_bytes_contents_and_every_output_as_the_rest_side_gives_them(server: tup
     assert dict(call.initial_metadata())["x-request-id"] == "grpc-id-7"
     raw = dict(zip([o.name for o in response.outputs], response.raw_output_contents, strict=True))
     shapes = {o.name: list(o.shape) for o in response.outputs}
-    assert shapes == {"probabilities": [6, 2], "label": [6], "score": [6], "tokens": [6], "truncated": [6]}
+    assert shapes == {"probabilities": [6, 2], "label": [6], "score": [6], "tokens": [6], "truncated": [6], "decided_by": [6]}
     scores = np.frombuffer(raw["score"], "<f4").tolist()
     assert scores == pytest.approx(predict_scores(url), abs=1e-7)  # FP32 on the wire
     assert np.frombuffer(raw["probabilities"], "<f4").reshape(6, 2).sum(axis=1) == pytest.approx([1.0] * 6, abs=1e-6)

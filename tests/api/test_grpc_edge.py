@@ -76,15 +76,18 @@ def test_connections_are_capped_per_address_and_another_address_is_served(edge):
     assert "0 answered GOAWAY" in outcome  # five addresses, one connection each: none over its cap of 3
     many = asyncio.run(_from_one_address(server.grpc, 5))
     assert many == 2 and refused(server.url, "client_connections") >= before + 2
-    assert ordinary_call(server.grpc).outputs  # from 127.0.0.1, while 127.0.0.2 is at its cap
+    assert ordinary_call(server.grpc).outputs  # from 127.0.0.1, while CAPPED_ADDRESS is at its cap
+
+
+CAPPED_ADDRESS = "127.0.0.20"  # none of the attack helpers' addresses: its count starts at 0
 
 
 async def _from_one_address(target: str, count: int) -> int:
-    """Open `count` connections from 127.0.0.2 and hold them; how many were answered GOAWAY."""
+    """Open `count` connections from CAPPED_ADDRESS and hold them; how many were answered GOAWAY."""
     host, port = target.rsplit(":", 1)
     held = []
     for _ in range(count):
-        reader, writer = await asyncio.open_connection(host, int(port), local_addr=("127.0.0.2", 0))
+        reader, writer = await asyncio.open_connection(host, int(port), local_addr=(CAPPED_ADDRESS, 0))
         writer.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes(9)[:3] + b"\x04" + bytes(5))
         held.append((reader, writer))
     goaways = 0
