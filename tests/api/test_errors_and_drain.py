@@ -1,4 +1,4 @@
-"""Bounded error handling (issue 23): a failure the client did not cause is one JSON 500 and at most one traceback a
+"""Bounded error handling: a failure the client did not cause is one JSON 500 and at most one traceback a
 minute; gauges return to zero after it; at shutdown, a request on a kept-alive connection is answered, not dropped."""
 
 from __future__ import annotations

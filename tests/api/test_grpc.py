@@ -1,4 +1,4 @@
-"""Open Inference Protocol v2 over gRPC (issue 26): the field's client (tritonclient.grpc) against a real server,
+"""Open Inference Protocol v2 over gRPC: the field's client (tritonclient.grpc) against a real server,
 the same scores as /predict; status codes for a client's mistakes, overload and readiness; an expired deadline frees
 the queue room; the standard health service; generated stubs that match the proto."""
 

@@ -1,4 +1,4 @@
-"""The HTTP edge of `python -m app` (issue 23): framing, body deadlines, per-client connections, bounded labels and
+"""The HTTP edge of `python -m app`: framing, body deadlines, per-client connections, bounded labels and
 what a 413 does to its connection; each against a real server over a socket, as a client would see it."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 14's small items, each as it is now: redirects, empty keys, HEAD, signals, a busy port, bad settings and
+"""HTTP limits and small promises: redirects, empty keys, HEAD, signals, a busy port, bad settings and
 artifacts, and HTTP-level abuse answered in the one error shape and counted."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""One path for every request, one start for every launcher (issue 24): both protocols reach the same core and the same
+"""One path for every request, one start for every launcher: both protocols reach the same core and the same
 domain errors; an abandoned v2 request frees its queue room as /predict's does; `uvicorn --factory` and a Ray Serve
 replica start like `python -m app`, the AVX2 fallback included."""
 
