@@ -40,19 +40,14 @@ RUN pip install ".[load]"
 WORKDIR /work
 ENTRYPOINT ["python", "-m", "loadtest.compare"]
 
-# ---- the service ---------------------------------------------------------------------------------------------
-FROM ${PYTHON_IMAGE} AS runtime
+# ---- what every serving image shares: the venv, an unprivileged user, one thread per worker -----------------------
+FROM ${PYTHON_IMAGE} AS serving
 RUN useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin paraserve
 COPY --from=builder /opt/venv /opt/venv
-ARG VARIANT=int8-calibrated
-# A folder of the build context holding <variant>/ artifact folders (default: the README's run command's cache).
-ARG ARTIFACTS=model-cache/default/artifacts
-COPY ${ARTIFACTS}/${VARIANT}/ /models/${VARIANT}/
 # One torch/OMP thread: fastest for one 8x128 batch on a 2-core host; raise PARASERVE_TORCH_THREADS with cores.
 # (DL3064 is a false positive: TOKENIZERS_PARALLELISM holds no secret.)
 # hadolint ignore=DL3064
 ENV PATH=/opt/venv/bin:$PATH \
-    PARASERVE_ARTIFACT_DIR=/models/${VARIANT} \
     PARASERVE_HOST=0.0.0.0 \
     PARASERVE_PORT=8000 \
     PARASERVE_TORCH_THREADS=1 \
@@ -63,12 +58,36 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     HOME=/tmp
-LABEL org.opencontainers.image.title="paraserve" \
-      org.opencontainers.image.description="Paraphrase detection (BERT, GLUE MRPC) over HTTP" \
-      paraserve.variant="${VARIANT}"
 USER 10001
 EXPOSE 8000 8001
 HEALTHCHECK --interval=5s --timeout=3s --start-period=60s --retries=3 \
   CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2).status != 200)"]
 STOPSIGNAL SIGTERM
 CMD ["python", "-m", "app"]
+
+# ---- several models and the cascade in one server (compose's `repository`) ---------------------------------------
+FROM serving AS repository
+# Folders of the build context: each model's artifacts root (its served variants only) and the cascade's folder.
+ARG FAST=model-cache/default/artifacts
+ARG ACCURATE=model-cache/mpnet-base/artifacts
+ARG CASCADE=model-cache/cascade
+COPY ${FAST}/int8-calibrated/ /models/fast/int8-calibrated/
+COPY ${FAST}/openvino-int8/ /models/fast/openvino-int8/
+COPY ${ACCURATE}/int8-calibrated/ /models/accurate/int8-calibrated/
+COPY ${ACCURATE}/openvino-int8/ /models/accurate/openvino-int8/
+COPY ${CASCADE}/cascade.json /models/cascade/cascade.json
+ENV PARASERVE_MODELS=fast=/models/fast,accurate=/models/accurate,cascade=/models/cascade
+LABEL org.opencontainers.image.title="paraserve" \
+      org.opencontainers.image.description="Paraphrase detection (GLUE MRPC): a fast and an accurate model and the cascade over them" \
+      paraserve.variant="repository"
+
+# ---- the service: one variant (the last stage, the default target) ----------------------------------------------
+FROM serving AS runtime
+ARG VARIANT=int8-calibrated
+# A folder of the build context holding <variant>/ artifact folders (default: the README's run command's cache).
+ARG ARTIFACTS=model-cache/default/artifacts
+COPY ${ARTIFACTS}/${VARIANT}/ /models/${VARIANT}/
+ENV PARASERVE_ARTIFACT_DIR=/models/${VARIANT}
+LABEL org.opencontainers.image.title="paraserve" \
+      org.opencontainers.image.description="Paraphrase detection (GLUE MRPC) over HTTP, OIP v2 REST and gRPC" \
+      paraserve.variant="${VARIANT}"

@@ -11,7 +11,8 @@ PROJECT=${E2E_PROJECT:-paraserve-e2e}
 export PARASERVE_IMAGE=paraserve-e2e
 export INT8_PORT=${INT8_PORT:-18001} FP32_PORT=${FP32_PORT:-18002} OPENVINO_PORT=${OPENVINO_PORT:-18003} PROMETHEUS_PORT=${PROMETHEUS_PORT:-19090}
 export INT8_GRPC_PORT=${INT8_GRPC_PORT:-19001} FP32_GRPC_PORT=${FP32_GRPC_PORT:-19002} OPENVINO_GRPC_PORT=${OPENVINO_GRPC_PORT:-19003}
-SERVICES=(int8 fp32 openvino)
+export REPOSITORY_PORT=${REPOSITORY_PORT:-18004} REPOSITORY_GRPC_PORT=${REPOSITORY_GRPC_PORT:-19004}
+SERVICES=(int8 fp32 openvino repository)
 failures=()
 say() { echo "[compose-e2e] $*"; }
 fail() { failures+=("$*"); say "FAIL: $*"; }
@@ -33,7 +34,7 @@ else
     say "FAIL: neither docker-compose nor the docker compose plugin is installed"; exit 1
 fi
 command -v docker >/dev/null 2>&1 || { say "FAIL: no docker client"; exit 1; }
-dc() { "${compose[@]}" -p "$PROJECT" -f docker-compose.yml "$@"; }
+dc() { "${compose[@]}" -p "$PROJECT" -f docker-compose.yml --profile repository "$@"; }
 scripts/setup.sh
 scripts/fetch-torch-wheel.sh >/dev/null
 
@@ -52,6 +53,26 @@ else
             --name tiny-e2e --force >/dev/null
     fi
 fi
+
+# The repository service: a tiny BERT and a tiny MPNet (built from configs) and a cascade over them.
+E2E=model-cache/e2e-tiny
+if ! .venv/bin/python -c "from pathlib import Path; from artifact.manifest import verify_artifact; verify_artifact(Path('$E2E/mpnet/openvino-int8'))" 2>/dev/null; then
+    say "building a tiny MPNet for the repository image"
+    .venv/bin/python -m model_build --log-level WARNING init-tiny --family mpnet --out "$E2E/mpnet-checkpoint" --force >/dev/null
+    .venv/bin/python -m model_build --log-level WARNING build --model-dir "$E2E/mpnet-checkpoint" --out "$E2E/mpnet" --variant int8-calibrated \
+        --variant openvino-int8 --calibration-data "${MRPC_DIR:-../shared/data/mrpc}" --calibration-pairs 64 --name tiny-mpnet-e2e --force >/dev/null
+fi
+if [[ $ARTIFACTS != "$E2E/artifacts" ]] && ! .venv/bin/python -c "from pathlib import Path; from artifact.manifest import verify_artifact; verify_artifact(Path('$E2E/artifacts/openvino-int8'))" 2>/dev/null; then
+    .venv/bin/python -m model_build --log-level WARNING init-tiny --out "$E2E/checkpoint" --force >/dev/null
+    .venv/bin/python -m model_build --log-level WARNING build --model-dir "$E2E/checkpoint" --out "$E2E/artifacts" --variant int8-calibrated \
+        --variant openvino-int8 --calibration-data "${MRPC_DIR:-../shared/data/mrpc}" --calibration-pairs 64 --name tiny-e2e --force >/dev/null
+fi
+.venv/bin/python -c "
+from pathlib import Path
+from artifact.cascade import CASCADE_FORMAT, CascadeBand, CascadeFile, write_cascade
+write_cascade(Path('$E2E/cascade'), CascadeFile(format_version=CASCADE_FORMAT, name='cascade', fast='tiny-e2e', accurate='tiny-mpnet-e2e',
+    band=CascadeBand(low=0.0, high=1.0), chosen={'note': 'every pair escalated: the e2e checks both stages answer'}))"
+export FAST_ARTIFACTS=$E2E/artifacts ACCURATE_ARTIFACTS=$E2E/mpnet CASCADE_FOLDER=$E2E/cascade
 
 cleanup() {
     local code=$?
@@ -101,12 +122,27 @@ assert d['model']['variant'] == '$variant', d" || fail "$service ($variant): une
         || fail "$service ($variant): promtool check metrics found problems"
 done
 
-for target in "int8:$INT8_GRPC_PORT" "fp32:$FP32_GRPC_PORT" "openvino:$OPENVINO_GRPC_PORT"; do
+for model in fast accurate cascade; do
+    body=$(curl -sS --max-time 30 -XPOST "http://127.0.0.1:$REPOSITORY_PORT/predict" -H 'content-type: application/json' \
+        -d "{\"model\":\"$model\",\"pairs\":[{\"sentence1\":\"The cat sat.\",\"sentence2\":\"A cat sat.\"}]}") \
+        || { fail "repository: /predict for $model did not answer"; continue; }
+    echo "$body" | python3 -c "
+import json, sys
+d = json.load(sys.stdin)
+decided = {'fast': 'fast', 'accurate': 'accurate', 'cascade': 'accurate'}['$model']
+assert d['model']['name'] == '$model' and d['predictions'][0]['decided_by'] == decided, d" || fail "repository: unexpected answer for $model: $body"
+    say "repository answered for $model: $body"
+done
+curl -sS --max-time 10 "http://127.0.0.1:$REPOSITORY_PORT/metrics" \
+    | docker run --rm -i --entrypoint /bin/promtool prom/prometheus:v2.42.0 check metrics \
+    || fail "repository: promtool check metrics found problems"
+
+for target in "int8:$INT8_GRPC_PORT" "fp32:$FP32_GRPC_PORT" "openvino:$OPENVINO_GRPC_PORT" "repository:$REPOSITORY_GRPC_PORT"; do
     IFS=: read -r service port <<<"$target"
     .venv/bin/python -c "
 import grpc, sys
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from app.grpc_gen import open_inference_pb2 as pb, open_inference_pb2_grpc as pb_grpc
+from app.protocols.grpc_gen import open_inference_pb2 as pb, open_inference_pb2_grpc as pb_grpc
 with grpc.insecure_channel('127.0.0.1:$port') as channel:
     status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=''), timeout=10).status
     live = pb_grpc.GRPCInferenceServiceStub(channel).ServerLive(pb.ServerLiveRequest(), timeout=10).live
@@ -121,7 +157,7 @@ until curl -sS --max-time 5 "$prom/api/v1/targets" 2>/dev/null | python3 -c "
 import json, sys
 targets = [t for t in json.load(sys.stdin)['data']['activeTargets'] if t['labels']['job'] == 'paraserve']
 up = sorted(t['labels']['deployment'] for t in targets if t['health'] == 'up')
-sys.exit(up != ['fp32', 'int8', 'openvino'])"; do
+sys.exit(up != ['fp32', 'int8', 'openvino', 'repository'])"; do
     ((SECONDS < deadline)) || { fail "Prometheus did not see every paraserve target up in 90 s"; break; }
     sleep 3
 done
@@ -132,7 +168,7 @@ import json, sys
 result = json.load(sys.stdin)['data']['result']
 seen = sorted(r['metric']['deployment'] for r in result if float(r['value'][1]) >= 1)
 print('latency histogram samples:', {r['metric']['deployment']: r['value'][1] for r in result})
-sys.exit(seen != ['fp32', 'int8', 'openvino'])"; do
+sys.exit(seen != ['fp32', 'int8', 'openvino', 'repository'])"; do
     ((SECONDS < deadline)) || { fail "no latency histogram samples for every deployment in Prometheus"; break; }
     sleep 3
 done

@@ -5,7 +5,7 @@
 # scale-down, a killed replica, nothing lost. Every process it starts ends by itself; down.sh runs even on failure.
 #   ARTIFACT=<artifact folder>   serve this instead of a tiny int8-calibrated model built here
 #   RAY_E2E_FULL=1               longer phases; default is the CI form
-#   RAY_E2E_MEASURE=1,2,4        instead of the checks: pairs/s at these fixed replica counts (the README's table)
+#   RAY_E2E_MEASURE=1,2,4        instead of the checks: pairs/s at these fixed replica counts (docs/deployment.md, Ray Serve)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD

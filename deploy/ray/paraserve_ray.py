@@ -3,7 +3,7 @@
 Each replica runs `app.main.create_app` as its ASGI ingress (deploy/ray/replica.py), and Ray Serve runs the app's
 lifespan in the replica: the same start as `python -m app` (app.core.start: process settings, the artifact this host can
 run, warm-up), the same routes, errors, limits, batching and metrics. What Ray's proxy does instead of paraserve's
-connection guards (app/protocol.py) is Ray's: timeouts and connection limits are its settings (config.yaml).
+connection guards (app/transport/http11.py) is Ray's: timeouts and connection limits are its settings (config.yaml).
 One single-threaded model worker per replica (`num_cpus: 1`), batching per replica;
 Ray Serve's proxy spreads requests over the replicas and its autoscaler adds or removes them on ongoing requests
 per replica (a queue-depth signal): see config.yaml. Ray's own replica metrics (ray_serve_*) are exported on each
