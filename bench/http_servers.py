@@ -1,7 +1,7 @@
 """Which HTTP server in front of the app: the same attacks and the same load against each candidate, one after another.
 
 Candidates, all serving `app.main:create_app` on one artifact:
-  guarded-h11   `python -m app`: uvicorn's h11 with paraserve's connection guards (app/protocol.py) - what ships
+  guarded-h11   `python -m app`: uvicorn's h11 with paraserve's connection guards (app/transport/http11.py) - what ships
   h11           `uvicorn --factory --http h11`: the same parser, no guards
   httptools     `uvicorn --factory --http httptools`: uvicorn[standard]'s default
   granian       `granian --interface asgi --factory` (Rust, hyper), if installed (`pip install .[bench]`)

@@ -429,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_report(served: dict[str, Any], raw: dict[str, float], summary: dict[str, Any], flips: dict[str, Any], source: str) -> None:
-    """The README's table, then the targets line by line."""
+    """The summary table (docs/performance.md quotes it), then the targets line by line."""
     names = list(served)
     raw_of = {n: raw.get(n.split()[0]) if n.endswith("fixed") else None for n in names}
 

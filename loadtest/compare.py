@@ -34,9 +34,10 @@ def parse_duration(text: str) -> float:
 
 
 def parse_target(text: str) -> tuple[str, str]:
+    """NAME=URL, or NAME=URL#MODEL to name one model of a server of several (e.g. cascade=http://repo:8000#cascade)."""
     name, sep, url = text.partition("=")
     if not sep or not name or not url.startswith(("http://", "https://")):
-        raise argparse.ArgumentTypeError(f"target must be NAME=URL, e.g. int8=http://127.0.0.1:8001, not {text!r}")
+        raise argparse.ArgumentTypeError(f"target must be NAME=URL[#MODEL], e.g. int8=http://127.0.0.1:8001, not {text!r}")
     return name, url.rstrip("/")
 
 
@@ -54,8 +55,10 @@ def _latest(history_csv: Path) -> str:
 
 def run_locust(name: str, url: str, prefix: Path, args: argparse.Namespace) -> float:
     """One headless locust run against `url`, bounded by the shape, --run-time and LOAD_MAX_REQUESTS."""
+    url, _, model = url.partition("#")
     env = dict(
         os.environ,
+        LOAD_MODEL=model,
         LOAD_SHAPE=args.shape,
         LOAD_USERS=str(args.users),
         LOAD_DURATION_S=str(args.duration),
@@ -104,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     summaries: list[TargetSummary] = []
     prefixes: dict[str, Path] = {}
     with httpx.Client(timeout=10) as client:
-        for index, (name, url) in enumerate(args.target, 1):
+        for index, (name, target) in enumerate(args.target, 1):
+            url = target.partition("#")[0]
             print(
                 f"[compare] {index}/{len(args.target)} {name} at {url}: {args.users} users, {args.shape}, {args.duration:.0f} s", flush=True
             )
@@ -114,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(str(exc)) from None
             before = client.get(f"{url}/metrics").text
             prefix = args.out / name
-            elapsed = run_locust(name, url, prefix, args)
+            elapsed = run_locust(name, target, prefix, args)
             after = client.get(f"{url}/metrics").text
             (args.out / f"{name}_metrics_before.txt").write_text(before)
             (args.out / f"{name}_metrics_after.txt").write_text(after)

@@ -7,6 +7,7 @@ Environment (set by `python -m loadtest.compare`, or by hand):
   LOAD_MAX_REQUESTS stop after this many requests (default 500000)
   MRPC_DIR          GLUE MRPC folder: pairs come from dev.tsv; without it, a built-in set of our own sentences
   PARASERVE_API_KEY sent as a bearer token when set
+  LOAD_MODEL        the model each request names (a server of several: fast, accurate, cascade); unset: the default
 
     locust -f loadtest/locustfile.py --headless --host http://127.0.0.1:8000
 """
@@ -37,6 +38,7 @@ def load_pairs() -> list[tuple[str, str]]:
 
 
 PAIRS = load_pairs()
+MODEL = os.environ.get("LOAD_MODEL", "")
 SIZES, WEIGHTS = zip(*PAIRS_PER_REQUEST, strict=True)
 
 
@@ -71,7 +73,9 @@ class PredictUser(FastHttpUser):
     def predict(self) -> None:
         size = self.rng.choices(SIZES, WEIGHTS)[0]
         pairs = self.rng.sample(PAIRS, size) if size <= len(PAIRS) else self.rng.choices(PAIRS, k=size)
-        payload = {"pairs": [{"sentence1": a, "sentence2": b} for a, b in pairs]}
+        payload: dict[str, Any] = {"pairs": [{"sentence1": a, "sentence2": b} for a, b in pairs]}
+        if MODEL:
+            payload["model"] = MODEL
         with self.client.post("/predict", json=payload, headers=self.headers, name=f"/predict [{size}]", catch_response=True) as r:
             if r.status_code == 429:
                 r.failure("429 overloaded")
