@@ -1,1 +1,1 @@
-"""Build, verify, evaluate and fine-tune paraserve's TorchScript BERT artifacts."""
+"""Fine-tune, build, verify and evaluate paraserve's artifacts (BERT and MPNet families; TorchScript and OpenVINO engines)."""

@@ -1,6 +1,6 @@
 """Fine-tune a checkpoint of a known family on MRPC train by a recipe; dev is scored once, at the end, and chooses nothing.
 
-Why no epoch is chosen on dev any more (issue 19): the previous default kept the best of 3 epochs by dev F1 and scored
+Why no epoch is chosen on dev any more (the recipe search): the previous default kept the best of 3 epochs by dev F1 and scored
 0.8735 there but 0.8417 on 1,725 held-out pairs, while a swap-augmented model 1.9 points lower on dev scored 0.8500.
 Recipes are now compared by cross-validation on train (model_build/search.py).
 

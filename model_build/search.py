@@ -1,6 +1,6 @@
 """Choose a fine-tuning recipe by k-fold cross-validation on MRPC train; dev is never read here.
 
-Why: dev (408 pairs) is too small and too reused to choose by. The swap-augmented model of issue 19 scored 1.9 points
+Why: dev (408 pairs) is too small and too reused to choose by. A swap-augmented model once scored 1.9 points
 lower on dev and 0.8 higher on 1,725 held-out pairs than the recipe dev had chosen.
 
 Folds are stratified by label and grouped: pairs that share a sentence (267 train sentences occur in more than one

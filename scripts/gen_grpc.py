@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Regenerate app/protocols/grpc_gen/open_inference_pb2*.py from app/protocols/grpc_gen/open_inference.proto with grpcio-tools.
 
-    python scripts/gen_grpc.py [--check]      # --check: exit 1 if the committed files differ from a fresh generation
+    python -m scripts.gen_grpc [--check]      # --check: exit 1 if the committed files differ from a fresh generation
 
 protoc writes `import open_inference_pb2` (a top-level module); the generated gRPC module is rewritten to import it
 from the package it lives in, app.protocols.grpc_gen. And protoc registers the messages in protobuf's process-wide default
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.check:
             stale = [name for name in GENERATED if (fresh / name).read_text() != (PACKAGE / name).read_text()]
             if stale:
-                print(f"stale generated files (run scripts/gen_grpc.py): {', '.join(stale)}")
+                print(f"stale generated files (run python -m scripts.gen_grpc): {', '.join(stale)}")
                 return 1
             print("generated gRPC modules are current")
             return 0

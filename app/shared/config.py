@@ -48,8 +48,9 @@ class Settings(BaseSettings):
 
     artifact_dir: Path = Field(
         Path("model-cache/default/artifacts"),
-        description="An artifacts root (the best variant this host runs serves) or one variant folder, built by "
-        "`python -m model_build build`.",
+        description="An artifacts root (then the best variant this host runs: the faster int8 engine, then dynamic int8, then "
+        "fp32) or one variant folder, built by `python -m model_build build`; a variant this host cannot run (8 x 8 bits on an "
+        "AVX2-only CPU, OpenVINO not installed) falls back to the best sibling it can, with one warning line saying why.",
     )
     models: str | None = Field(
         None,
@@ -68,7 +69,7 @@ class Settings(BaseSettings):
         "of one engine (torchscript, openvino) to serve only its variants.",
     )
     host: str = Field("127.0.0.1", description="Bind address; 0.0.0.0 only inside a container or behind a proxy.")
-    port: int = Field(8000, ge=1, le=65535)
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port; bound before the model loads, so a busy one fails at once.")
     grpc_port: int | None = Field(
         None,
         ge=1,
@@ -112,7 +113,7 @@ class Settings(BaseSettings):
         ge=1,
         le=256,
         description="Single-threaded model workers taking batches from the one queue (default: the CPUs this process may use, "
-        "by affinity and cgroup quota). On 2 cores, 2 workers served 1.7-1.9x the pairs/s of one (README, Scaling).",
+        "by affinity and cgroup quota). On 2 cores, 2 workers served 1.7-1.9x the pairs/s of one (docs/performance.md).",
     )
     torch_threads: int = Field(1, ge=1, description="Intra-op threads of each model worker; 1 is fastest on small batches.")
     padding: Literal["auto", "fixed", "buckets"] = Field(
@@ -174,10 +175,14 @@ class Settings(BaseSettings):
         64, ge=1, description="gRPC health Watch streams open at once (at most 4 per connection); beyond it RESOURCE_EXHAUSTED."
     )
     api_key: SecretStr | None = Field(
-        None, description="If set, /predict, /model and the v2 model routes require `Authorization: Bearer <key>`."
+        None,
+        description="If set, every route and method that names a model requires `Authorization: Bearer <key>` (gRPC: the "
+        "`authorization` metadata): /predict, /models, /model, v2's model metadata, readiness and inference on REST and "
+        "gRPC. Process health (/healthz, /readyz, /v2/health/*, gRPC health, ServerLive/ServerReady) stays open for probes. "
+        "Empty is unset; the service warns at start when it listens on a non-loopback address without one.",
     )
     protect_metrics: bool = Field(False, description="With api_key set, also require it on /metrics (health stays open).")
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="A client's mistake is one line at debug.")
     json_logs: bool = Field(False, description="One JSON object per log line (for log shippers).")
 
     @field_validator("models")
