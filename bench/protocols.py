@@ -23,8 +23,8 @@ import httpx
 from app.protocols.grpc_gen import open_inference_pb2 as pb
 from app.protocols.grpc_gen import open_inference_pb2_grpc as pb_grpc
 from artifact.kernels import cpu_description
-from bench.service import Send, load_loop
 from model_build.mrpc import load_split
+from tests.harness.load import Send, closed_loop, mixed, predict_sender
 from tests.harness.server import free_port, running_server
 
 
@@ -47,9 +47,9 @@ def grpc_request(model: str, pairs: list[tuple[str, str]]) -> pb.ModelInferReque
     return request
 
 
-async def closed_loop(send: Send, pairs: list[tuple[str, str]], clients: int, seconds: float) -> dict[str, float]:
-    """bench/service.py's load over any protocol, in milliseconds."""
-    run = await load_loop(send, pairs, clients, seconds, warmup=2.0)
+async def one_run(send: Send, pairs: list[tuple[str, str]], clients: int, seconds: float) -> dict[str, float]:
+    """The issue's load (1-8 consecutive pairs per request, half single pairs) over any protocol, in milliseconds."""
+    run = (await closed_loop(send, mixed(pairs), clients, seconds, warmup=2.0)).summary()
     return {"pairs_per_s": run["pairs_per_s"], "p50_ms": run["p50_s"] * 1000, "p99_ms": run["p99_s"] * 1000, "errors": run["errors"]}
 
 
@@ -62,25 +62,23 @@ async def measure(url: str, grpc_port: int, pairs: list[tuple[str, str]], args: 
     ):
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
 
-        async def predict(chunk: list[tuple[str, str]]) -> bool:
-            r = await http.post(f"{url}/predict", json={"pairs": [{"sentence1": a, "sentence2": b} for a, b in chunk]})
-            return r.status_code == 200
+        predict = predict_sender(http, url)
 
-        async def rest_v2(chunk: list[tuple[str, str]]) -> bool:
+        async def rest_v2(chunk: list[tuple[str, str]]) -> str:
             r = await http.post(f"{url}/v2/models/{model}/infer", json=v2_body(chunk))
-            return r.status_code == 200
+            return str(r.status_code)
 
-        async def grpc_v2(chunk: list[tuple[str, str]]) -> bool:
+        async def grpc_v2(chunk: list[tuple[str, str]]) -> str:
             try:
                 await stub.ModelInfer(grpc_request(model, chunk), timeout=60)
-            except grpc.aio.AioRpcError:
-                return False
-            return True
+            except grpc.aio.AioRpcError as e:
+                return e.code().name
+            return "200"  # the loop's label for an answer
 
         senders: dict[str, Send] = {"/predict": predict, "v2 REST": rest_v2, "v2 gRPC": grpc_v2}
         for r in range(args.rounds):
             for name, send in senders.items():
-                runs[name].append(await closed_loop(send, pairs, args.clients, args.seconds))
+                runs[name].append(await one_run(send, pairs, args.clients, args.seconds))
             print(f"  round {r + 1}/{args.rounds} done", flush=True)
     return runs
 

@@ -19,7 +19,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from artifact.kernels import cpu_description
 from artifact.runtime import Runtime, configure_process
 from model_build.mrpc import load_split
 from model_build.parity_pairs import PARITY_PAIRS
+from tests.harness.load import http_load, mixed
 from tests.harness.scrape import histogram_mean, metric_sum, samples
 from tests.harness.server import running_server
 
@@ -135,49 +135,11 @@ async def saturate(url: str, pairs: list[tuple[str, str]], seconds: float, warmu
     }
 
 
-Send = Callable[[list[tuple[str, str]]], Awaitable[bool]]
-
-
-async def load_loop(send: Send, pairs: list[tuple[str, str]], clients: int, seconds: float, warmup: float = 3.0) -> dict[str, float]:
-    """`clients` clients sending 1-8 consecutive pairs per request (half single pairs), back to back: the issue's load.
-
-    `send` posts one request of any protocol and says whether it was answered 200 (bench/protocols.py uses this too).
-    """
-    latencies: list[float] = []
-    counted = {"pairs": 0, "errors": 0}
-    start_measure = time.monotonic() + warmup
-    stop = start_measure + seconds
-
-    async def client_loop(seed: int) -> None:
-        rng = random.Random(seed)
-        while time.monotonic() < stop:
-            n = 1 if rng.random() < 0.5 else rng.randint(2, 8)
-            first = rng.randrange(len(pairs))
-            chunk = [pairs[(first + k) % len(pairs)] for k in range(n)]
-            started = time.monotonic()
-            ok = await send(chunk)
-            done = time.monotonic()
-            if not ok:
-                counted["errors"] += 1
-            elif start_measure <= started and done <= stop:
-                latencies.append(done - started)
-                counted["pairs"] += n
-
-    await asyncio.gather(*(client_loop(i) for i in range(clients)))
-    q = statistics.quantiles(latencies, n=100)
-    pairs_per_s = counted["pairs"] / seconds
-    return {"pairs_per_s": pairs_per_s, "p50_s": q[49], "p99_s": q[98], "requests": len(latencies), "errors": counted["errors"]}
-
-
 async def closed_loop(url: str, pairs: list[tuple[str, str]], clients: int, seconds: float, warmup: float = 3.0) -> dict[str, float]:
-    """The load over POST /predict."""
-    async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=clients)) as client:
-
-        async def predict(chunk: list[tuple[str, str]]) -> bool:
-            r = await client.post(f"{url}/predict", json={"pairs": [{"sentence1": a, "sentence2": b} for a, b in chunk]})
-            return r.status_code == 200
-
-        return await load_loop(predict, pairs, clients, seconds, warmup)
+    """The issue's load over POST /predict: `clients` clients sending 1-8 consecutive pairs per request (half single
+    pairs), back to back (tests/harness/load.py)."""
+    tally = await http_load(url, mixed(pairs), clients, seconds, warmup=warmup)
+    return tally.summary()
 
 
 WORKER_CONFIGS = {

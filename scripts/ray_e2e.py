@@ -12,30 +12,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import random
 import signal
 import statistics
 import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
 from model_build.parity_pairs import PARITY_PAIRS
+from tests.harness.load import Pair, Tally, closed_loop, predict_sender, sampled
 
 REPLICA_CLASS = "ServeReplica:paraserve:Paraserve"
 CLIENT_TIMEOUT_S = 30.0
-MAX_REQUESTS = 100_000
-
-
-@dataclass
-class Tally:
-    statuses: Counter[str] = field(default_factory=Counter)
-    latencies: list[float] = field(default_factory=list)
-    pairs: int = 0
+RETRIED = ("reset", "write failed", "refused")  # no answer came back: a client of a replica that died retries once
 
 
 def replicas(dashboard: str) -> list[dict]:
@@ -54,38 +47,22 @@ def replicas(dashboard: str) -> list[dict]:
 
 
 async def load(url: str, clients: int, seconds: float, tally: Tally, pairs_per_request: int = 8) -> None:
-    """Closed loop; a request that fails without an answer, or with a 5xx other than 503, is retried once."""
-    deadline = time.monotonic() + seconds
+    """tests/harness/load.py's closed loop over /predict; a request that got no answer, or a 5xx other than 503, is
+    retried once (labelled "retried: <outcome>"), and a client told 503 or 429 waits 0.2 s before its next request."""
     async with httpx.AsyncClient(timeout=CLIENT_TIMEOUT_S) as client:
+        predict = predict_sender(client, url, timeout=CLIENT_TIMEOUT_S)
 
-        async def worker(seed: int) -> None:
-            rng = random.Random(seed)
-            while time.monotonic() < deadline and sum(tally.statuses.values()) < MAX_REQUESTS:
-                body = {"pairs": [{"sentence1": a, "sentence2": b} for a, b in rng.sample(PARITY_PAIRS, pairs_per_request)]}
-                started = time.perf_counter()
-                outcome = await send(client, f"{url}/predict", body)
-                if outcome == "5xx/no answer, then retried":
-                    outcome = "retried: " + await send(client, f"{url}/predict", body)
-                tally.statuses[outcome] += 1
-                if outcome.endswith("200"):
-                    tally.latencies.append(time.perf_counter() - started)
-                    tally.pairs += pairs_per_request
-                elif "503" in outcome or "429" in outcome:
-                    await asyncio.sleep(0.2)
+        async def send(pairs: list[Pair]) -> str:
+            outcome = await predict(pairs)
+            if outcome in RETRIED or (outcome.startswith("5") and outcome != "503"):
+                return "retried: " + await predict(pairs)
+            if outcome in ("503", "429"):
+                await asyncio.sleep(0.2)
+            elif outcome == "timeout":
+                return "hang (timeout)"
+            return outcome
 
-        await asyncio.gather(*(worker(i) for i in range(clients)))
-
-
-async def send(client: httpx.AsyncClient, url: str, body: dict) -> str:
-    try:
-        r = await client.post(url, json=body)
-    except httpx.TimeoutException:
-        return "hang (timeout)"
-    except httpx.HTTPError:
-        return "5xx/no answer, then retried"
-    if r.status_code >= 500 and r.status_code != 503:
-        return "5xx/no answer, then retried"
-    return str(r.status_code)
+        await closed_loop(send, sampled(PARITY_PAIRS, (pairs_per_request,)), clients, seconds, tally=tally)
 
 
 @dataclass
@@ -101,25 +78,25 @@ class Sample:
 async def watch(
     dashboard: str, hosts: list[str], tally: Tally, stop: asyncio.Event, samples: list[Sample], start: float, every: float = 3.0
 ) -> None:
-    last_pairs, last_n, last_t = tally.pairs, 0, time.monotonic()
+    last_pairs, last_n, last_t = tally.pairs_ok, 0, time.monotonic()
     while not stop.is_set():
         await asyncio.sleep(every)
         now = time.monotonic()
         current = await asyncio.to_thread(replicas, dashboard)
-        window = tally.latencies[last_n:]
+        window = tally.latencies_ok[last_n:]
         q = statistics.quantiles(window, n=100) if len(window) >= 2 else [float("nan")] * 99
         errors = sum(v for k, v in tally.statuses.items() if not k.endswith("200"))
         samples.append(
             Sample(
                 now - start,
                 {h: sum(1 for r in current if r["ip"] == h) for h in hosts},
-                (tally.pairs - last_pairs) / (now - last_t),
+                (tally.pairs_ok - last_pairs) / (now - last_t),
                 q[49] * 1000,
                 q[98] * 1000,
                 errors,
             )
         )
-        last_pairs, last_n, last_t = tally.pairs, len(tally.latencies), now
+        last_pairs, last_n, last_t = tally.pairs_ok, len(tally.latencies_ok), now
 
 
 Action = Callable[[], Awaitable[None]] | None
@@ -273,14 +250,10 @@ async def measure(args: argparse.Namespace) -> bool:
             return False
         await asyncio.sleep(5)
         tally = Tally()
-        started = time.monotonic()
         await load(args.url, 16, 30, tally)
-        elapsed = time.monotonic() - started
-        q = statistics.quantiles(tally.latencies, n=100)
+        run = tally.summary()
         by_host = Counter(r["ip"] for r in replicas(args.dashboard))
-        rows.append(
-            (n, dict(by_host), tally.pairs / elapsed, q[49] * 1000, q[98] * 1000, sum(v for k, v in tally.statuses.items() if k != "200"))
-        )
+        rows.append((n, dict(by_host), run["pairs_per_s"], run["p50_s"] * 1000, run["p99_s"] * 1000, tally.errors))
     print(f"\n{'replicas':>8s} {'per host':>28s} {'pairs/s':>8s} {'p50 ms':>7s} {'p99 ms':>7s} {'errors':>6s}")
     for n, hosts, rate, p50, p99_, errors in rows:
         print(f"{n:8d} {hosts!s:>28s} {rate:8.1f} {p50:7.0f} {p99_:7.0f} {errors:6d}")
