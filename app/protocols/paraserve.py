@@ -36,6 +36,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     for code, text in {
         400: "Malformed JSON or body",
         401: "Missing or wrong API key (when one is configured)",
+        404: "No model by that name in this server's repository",
         413: "Body over the byte limit",
         415: "Content type is not application/json",
         422: "Body does not match the schema or its limits",

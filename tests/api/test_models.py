@@ -211,3 +211,17 @@ def test_the_cascade_spec_band_is_checked():
     with pytest.raises(ValueError):
         Band(0.6, 0.4)
     assert CascadeSpec("a", "b", Band(0.3, 0.7), {}).band.holds(0.5)
+
+
+def test_a_ray_replica_serves_the_whole_repository(repository_folders):
+    """Ray Serve: `models` in the application's args makes each replica host every model, as one process does."""
+    from deploy.ray.replica import replica_app, replica_settings
+
+    models = ",".join(f"{name}={folder}" for name, folder in repository_folders.items())
+    app = replica_app(replica_settings({"artifact_dir": str(repository_folders["fast"]), "models": models}))
+    with TestClient(app) as client:
+        listed = {m["name"]: m["ready"] for m in client.get("/models").json()["models"]}
+        assert listed == {"fast": True, "accurate": True, "cascade": True}
+        for name in listed:
+            r = client.post("/predict", json={"pairs": [{"sentence1": "a b", "sentence2": "a c"}], "model": name})
+            assert r.status_code == 200, r.text
