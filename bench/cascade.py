@@ -19,6 +19,7 @@ import httpx
 
 from artifact.cascade import read_cascade
 from artifact.kernels import cpu_description
+from bench.service import idle_latency
 from model_build.mrpc import load_split
 from model_build.scoring import f1_accuracy
 from tests.harness.load import closed_loop, mixed, predict_sender
@@ -48,14 +49,19 @@ async def load(url: str, model: str, pairs: list[tuple[str, str]], clients: int,
     return tally.summary()
 
 
-def measure(url: str, model: str, dev: list[Any], clients: int, seconds: float) -> dict[str, float]:
+def measure(url: str, model: str, dev: list[Any], clients: int, seconds: float, idle: bool = False) -> dict[str, float]:
+    """Saturation at `clients`, dev figures, and (with `idle`) the p50 of one pair at a time with nothing else running."""
     pairs = [(p.sentence1, p.sentence2) for p in dev]
-    return {**asyncio.run(load(url, model, pairs, clients, seconds)), **dev_figures(url, model, dev)}
+    row = {**asyncio.run(load(url, model, pairs, clients, seconds)), **dev_figures(url, model, dev)}
+    if idle:
+        row["idle_p50_s"] = asyncio.run(idle_latency(url, pairs, model))["p50_s"]
+    return row
 
 
 def show(row: dict[str, float]) -> str:
     timing = f"{row['pairs_per_s']:8.1f} {row['p50_s'] * 1000:7.0f} {row['p99_s'] * 1000:7.0f}"
-    return f"{timing} {row['f1']:7.4f} {row['escalated']:9.1%}"
+    idle = f" {row['idle_p50_s'] * 1000:12.1f}" if "idle_p50_s" in row else ""
+    return f"{timing} {row['f1']:7.4f} {row['escalated']:9.1%}{idle}"
 
 
 def main() -> int:
@@ -74,23 +80,21 @@ def main() -> int:
     settings = {"models": models, "workers": "2", "queue_capacity": "512"}
     chosen = read_cascade(args.cascade)
     results: dict[str, Any] = {"models": {}, "curve": []}
-    print(f"{'model':10s} {'pairs/s':>8s} {'p50 ms':>7s} {'p99 ms':>7s} {'dev F1':>7s} {'escalated':>9s}", flush=True)
+    head = f"{'pairs/s':>8s} {'p50 ms':>7s} {'p99 ms':>7s} {'dev F1':>7s} {'escalated':>9s}"
+    print(f"{'model':10s} {head} {'idle p50 ms':>12s}", flush=True)
     with running_server(args.fast, **settings) as server:
         for model in ("fast", "accurate", "cascade"):
-            row = measure(server.url, model, dev, args.clients, args.seconds)
+            row = measure(server.url, model, dev, args.clients, args.seconds, idle=True)
             results["models"][model] = row
             print(f"{model:10s} {show(row)}", flush=True)
     if args.curve:
-        print(f"\n{'band':12s} {'pairs/s':>8s} {'p50 ms':>7s} {'p99 ms':>7s} {'dev F1':>7s} {'escalated':>9s}", flush=True)
+        print(f"\n{'band':12s} {head}", flush=True)
         bands = [(0.5 - w, 0.5 + w) for w in (0.1, 0.2, 0.3, 0.4)] + [(chosen.band.low, chosen.band.high)]
         for low, high in bands:
             with running_server(args.fast, **settings, cascade_band=f"{low:.2f},{high:.2f}") as server:
                 row = {"low": low, "high": high, **measure(server.url, "cascade", dev, args.clients, args.seconds)}
             results["curve"].append(row)
-            print(
-                f"[{low:.2f}, {high:.2f}) {row['pairs_per_s']:8.1f} {row['p99_s'] * 1000:7.0f} {row['f1']:7.4f} {row['escalated']:9.1%}",
-                flush=True,
-            )
+            print(f"[{low:.2f}, {high:.2f}) {show(row)}", flush=True)
     results.update(band=[chosen.band.low, chosen.band.high], clients=args.clients, seconds=args.seconds, workers=2, cpu=cpu_description())
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2))

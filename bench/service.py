@@ -60,8 +60,9 @@ def raw_forward(artifact: Path, rows: list[Any], runs: int, threads: int = 1, en
         torch.set_num_threads(1)
 
 
-async def idle_latency(url: str, pairs: list[tuple[str, str]]) -> dict[str, float]:
-    """One pair at a time, nothing else running: p50/p90 over IDLE_REQUESTS after 5 warm requests.
+async def idle_latency(url: str, pairs: list[tuple[str, str]], model: str | None = None) -> dict[str, float]:
+    """One pair at a time, nothing else running: p50/p90 over IDLE_REQUESTS after 5 warm requests (to `model`, or the
+    server's default).
 
     Also the p50 of (latency - the server's own x-inference-time) per request: the service's overhead, free of
     the drift of forward times between processes.
@@ -71,7 +72,10 @@ async def idle_latency(url: str, pairs: list[tuple[str, str]]) -> dict[str, floa
         for i in range(IDLE_REQUESTS + 5):
             a, b = pairs[i % len(pairs)]
             started = time.perf_counter()
-            r = await client.post(f"{url}/predict", json={"pairs": [{"sentence1": a, "sentence2": b}]})
+            body: dict[str, Any] = {"pairs": [{"sentence1": a, "sentence2": b}]}
+            if model is not None:
+                body["model"] = model
+            r = await client.post(f"{url}/predict", json=body)
             elapsed = time.perf_counter() - started
             r.raise_for_status()
             if i >= 5:

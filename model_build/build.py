@@ -10,7 +10,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -88,14 +88,23 @@ class BuildOptions:
     # A regular expression on Linear names: the layers the int8 variants (int8, int8-calibrated, openvino-int8) keep in
     # float. Empty: every Linear is int8 (the tutorial's recipe). bench/int8_recipes.py measures what a checkpoint needs.
     float_layers: str = ""
+    # Which variants keep them ((): every variant whose recipe can): the served MPNet keeps its FFN output projections
+    # fp32 in int8-calibrated only, where its answers need it (docs/model.md).
+    float_layer_variants: Sequence[Variant | str] = ()
 
     def __post_init__(self) -> None:
         if not self.variants:
             self.variants = default_variants(self.calibration_data)
         try:
             self.variants = tuple(Variant(v) for v in self.variants)
+            self.float_layer_variants = tuple(Variant(v) for v in self.float_layer_variants)
         except ValueError as exc:
             raise BuildError(f"unknown variant: {exc}; choose from {', '.join(Variant)}") from exc
+
+    def keeps_float(self, variant: Variant | str) -> bool:
+        """Whether `variant` keeps the `float_layers` in float."""
+        v = Variant(variant)
+        return RECIPES[v].honours_float_layers and (not self.float_layer_variants or v in self.float_layer_variants)
 
     def shapes(self) -> list[tuple[int, int]]:
         """Every (rows, columns) shape the build verifies: 1..batch_size rows x each bucket up to seq_len."""
@@ -584,13 +593,13 @@ def build_variants(
     columns = sorted({c for _, c in shaped}) or [opts.seq_len]
     for variant in opts.variants:
         recipe = RECIPES[Variant(variant)]
-        module = recipe.make(stage)
+        kept = float_layers if opts.keeps_float(variant) else ()
+        module = recipe.make(replace(stage, float_layers=kept))
         eager = recipe.reference == "eager"
         logits = traced_logits if module is traced else run(module, batches)
         tolerance = TRACE_TOLERANCE if eager else opts.tolerance
         parity = dict(compare(reference if eager else traced_logits, logits), reference=f"{recipe.reference} fp32", tolerance=tolerance)
         counts = WRITERS[recipe.engine].op_counts(module)
-        kept = float_layers if recipe.honours_float_layers else ()
         check_ops(variant, counts, linears, recipe.linear_op, len(kept))
         scheme = recipe.int8(opts)
         if scheme is not None and kept:
@@ -656,7 +665,7 @@ def build(model_dir: Path, out: Path, opts: BuildOptions | None = None) -> dict[
         shaped = shape_batches(rows, opts.shapes(), spec)
         layers = linear_execution_order(ckpt.model, batches[0])
         floats = tuple(name for name in layers if opts.float_layers and re.search(opts.float_layers, name))
-        quantized = [name for name in layers if name not in floats]
+        quantized = [name for name in layers if not (opts.keeps_float(Variant.INT8_CALIBRATED) and name in floats)]
         needs_ranges = any(v == Variant.INT8_CALIBRATED for v in opts.variants)
         ranges = calibrate(ckpt, encoder, quantized, opts) if needs_ranges else []
         train_rows: list[EncodedPair] = []

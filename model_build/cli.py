@@ -84,6 +84,10 @@ def _build_arguments(p: argparse.ArgumentParser) -> None:
         help="column buckets to verify for shape-bucketed serving (comma-separated; '' for none)",
     )
     p.add_argument("--tolerance", type=float, default=None, help="max |logit difference| int8 vs fp32 on the parity pairs")
+    p.add_argument("--float-layers", default="", help="regular expression on Linear names the int8 variants keep in fp32")
+    p.add_argument(
+        "--float-layers-in", action="append", default=[], help="the variant that keeps --float-layers (repeat; default: every int8 one)"
+    )
     p.add_argument("--two-step", action="store_true", help="prepare_dynamic_jit + convert_dynamic_jit instead of quantize_dynamic_jit")
     p.add_argument("--attn", default="eager", choices=["eager", "sdpa"], help="attention implementation to trace")
     p.add_argument("--calibration-data", type=Path, default=None, help="GLUE MRPC folder whose train split calibrates the int8 variants")
@@ -117,6 +121,8 @@ def _build(args: argparse.Namespace, threads: int) -> None:
         calibration_pairs=args.calibration_pairs,
         activation_bits=args.activation_bits,
         weight_bits=args.weight_bits,
+        float_layers=args.float_layers,
+        float_layer_variants=tuple(args.float_layers_in),
     )
     manifests = build(args.model_dir, args.out, opts)
     print(f"{'variant':15s} {'MB':>8s} {'max|dlogit|':>12s} {'max|dscore|':>12s} {'argmax agree':>12s}  path")

@@ -293,3 +293,22 @@ def test_buckets_no_parity_pair_fits_are_verified_with_truncated_pairs(tiny_arti
     extra = short_rows(tokenizer, rows, [(1, 16), (8, 128)])
     assert extra and all(len(r) <= 16 and r.input_ids[0] == 101 and r.input_ids[-1] == 102 for r in extra)
     assert short_rows(tokenizer, rows, [(8, 128)]) == []
+
+
+def test_float_layers_stay_fp32_only_in_the_variants_named(tiny_checkpoint: Path, mrpc_dir: Path, tmp_path: Path):
+    """The accurate model's recipe: FFN output projections fp32 in int8-calibrated, the tutorial's int8 untouched."""
+    out = tmp_path / "a"
+    args = ["--model-dir", str(tiny_checkpoint), "--out", str(out), "--variant", "int8", "--variant", "int8-calibrated"]
+    calibration = ["--calibration-data", str(mrpc_dir), "--calibration-pairs", "16"]
+    assert _cli("build", *args, *calibration, "--float-layers", r"layer\.\d+\.output\.dense$", "--float-layers-in", "int8-calibrated") == 0
+    kept = ("bert.encoder.layer.0.output.dense", "bert.encoder.layer.1.output.dense")
+    calibrated = json.loads((out / "int8-calibrated" / "manifest.json").read_text())
+    assert tuple(calibrated["int8"]["float_layers"]) == kept
+    assert len(calibrated["activation_ranges"]) == TINY_LINEARS - len(kept)
+    with deprecations_silenced():
+        counts = op_counts(torch.jit.load(str(out / "int8-calibrated" / "model.pt")))
+    assert counts[FIXED_RANGE_OP] == TINY_LINEARS - len(kept) and counts["aten::linear"] == len(kept)
+    dynamic = json.loads((out / "int8" / "manifest.json").read_text())
+    assert dynamic["int8"]["float_layers"] == []
+    with deprecations_silenced():
+        assert op_counts(torch.jit.load(str(out / "int8" / "model.pt")))["quantized::linear_dynamic"] == TINY_LINEARS
