@@ -61,7 +61,7 @@ from tests.harness.attacks.http_edge import (
     v2_errors,
 )
 from tests.harness.attacks.service import MIN_OVERLOAD_CLIENTS, clients_leave, find_saturation, overload, shutdown_under_load, spawn
-from tests.harness.scrape import metric_delta, metric_sum
+from tests.harness.scrape import gauge, metric_delta, metric_sum
 
 TOKENIZE_LONG_PAIR_S = 0.005  # a pair of two 2,000-character sentences: 2-4 ms measured (encoding.PairEncoder)
 
@@ -91,7 +91,7 @@ async def hostile_clients(
     hold = header_timeout + 3  # every slow connection must be closed by then
     drip_hold = settings["body_rate_grace_s"] + 3  # a dripped body falls under the minimum rate after the grace
     # The issue's 64 pairs, or what a small test queue can admit at all (CI runs with capacity 32).
-    capacity = int(scrape(url).get(("paraserve_queue_capacity_pairs", ()), 256))
+    capacity = int(gauge(scrape(url), "paraserve_queue_capacity_pairs"))
     long_pairs = min(64, capacity // 2)
     seconds = 5.0 if quick else 20.0
     n = 50 if quick else 200
@@ -171,7 +171,7 @@ async def hostile_clients(
     # for what was admitted ahead of it, no more. That is the three attackers' pairs (at most the queue capacity) in
     # full 128-token batches shared by the workers, plus their tokenization, plus its own batch; x1.5 and +1 s slack.
     gauges = scrape(url)
-    workers = gauges.get(("paraserve_workers", ()), 1) or 1
+    workers = gauge(gauges, "paraserve_workers")
     if long_row := rows.get("long texts"):
         ahead = min(capacity, 3 * long_pairs)
         long_bound = (math.ceil(ahead / 8) / workers + 2) * long_row.batch_s * 1.5 + 3 * long_pairs * TOKENIZE_LONG_PAIR_S + 1.0

@@ -36,7 +36,7 @@ from grpc_health.v1 import health_pb2
 
 from app.core.service import PredictionService, State
 from app.core.validation import Scored, client_identity, require_api_key
-from app.protocols import oip
+from app.protocols import oip, wire
 from app.protocols.grpc_gen import open_inference_pb2 as pb
 from app.shared import errors
 from app.shared.config import Settings
@@ -102,6 +102,7 @@ class GrpcV2:
         self._calls = _Slots(settings.max_connections, settings.max_connections_per_client, ("too_many_rpcs", "client_rpcs"), "gRPC calls")
         self._watches = _Slots(settings.grpc_max_watches, WATCHES_PER_CONNECTION, ("too_many_watches", "connection_watches"), "watches")
         self._log_exception = ExceptionLog(log)
+        self._max_fields = max_fields(service.limits.max_pairs)
         self.health = HealthStatus()
 
     # ---- the edge every call passes ---------------------------------------------------------------------------
@@ -132,7 +133,7 @@ class GrpcV2:
                 raw = await self._first_message(requests)
                 client = self._client(metadata, context)
                 with self._calls.hold(client):
-                    request = _parse(request_type, raw)
+                    request = _parse(request_type, raw, self._max_fields)
                     carrier = {k: v for k, v in metadata.items() if k in ("traceparent", "tracestate")}
                     attributes = {"rpc.method": method, "paraserve.request_id": rid}
                     with self.service.tracer.incoming_span(f"{SERVICE}/{method}", carrier, attributes):
@@ -229,7 +230,7 @@ class GrpcV2:
         async def behavior(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
             started, code = time.perf_counter(), grpc.StatusCode.OK
             try:
-                request = _parse(health_pb2.HealthCheckRequest, await self._first_message(requests))
+                request = _parse(health_pb2.HealthCheckRequest, await self._first_message(requests), self._max_fields)
                 with self._watches.hold(context.peer() or ""):
                     async for status in self.health.statuses(request.service):
                         yield health_pb2.HealthCheckResponse(status=status).SerializeToString()
@@ -289,7 +290,22 @@ class HealthStatus:
             await changed.wait()
 
 
-def _parse(request_type: type[Message], raw: bytes) -> Any:
+# Field counts are checked on the wire before parsing (app/protocols/wire.py): a message may hold, nested fields
+# included, 4 per pair the deployment admits plus 256 (a 64-pair ModelInferRequest holds about 150).
+LAYOUTS: dict[type[Message], wire.Layout] = {pb.ModelInferRequest: wire.INFER_REQUEST}
+
+
+def max_fields(max_pairs: int) -> int:
+    return 4 * max_pairs + 256
+
+
+def _parse(request_type: type[Message], raw: bytes, limit: int) -> Any:
+    try:
+        fields = wire.count_fields(raw, LAYOUTS.get(request_type, {}), limit)
+    except wire.Malformed as exc:
+        raise errors.InvalidInput(f"the request is not a valid {request_type.DESCRIPTOR.full_name} message: {exc}") from None
+    if fields > limit:
+        raise errors.InvalidInput(f"the request holds more than {limit} protobuf fields (nested ones included): 4 per pair and 256 more")
     try:
         return request_type.FromString(raw)
     except (DecodeError, RuntimeWarning, ValueError) as exc:

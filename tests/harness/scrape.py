@@ -18,6 +18,15 @@ def samples(metrics_text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], 
     return {(s.name, tuple(sorted(s.labels.items()))): s.value for family in families for s in family.samples}
 
 
+def gauge(values: Samples, name: str) -> float:
+    """A gauge's value summed over its label sets (per-model gauges: over the models); KeyError when it is missing, so
+    a renamed or relabelled metric fails its reader instead of reading as a default."""
+    found = [v for (n, _), v in values.items() if n == name]
+    if not found:
+        raise KeyError(f"{name} is not in the scrape")
+    return sum(found)
+
+
 def metric_sum(values: Samples, name: str, **labels: str) -> float:
     """Sum of the samples called `name` whose labels include `labels` (0 when there is none)."""
     return sum(v for (n, lab), v in values.items() if n == name and all(dict(lab).get(k) == want for k, want in labels.items()))

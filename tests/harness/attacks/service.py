@@ -16,7 +16,7 @@ import httpx
 from model_build.parity_pairs import PARITY_PAIRS
 from tests.harness.attacks.common import Report, p99, scrape
 from tests.harness.load import Tally, http_load, predict_sender, sampled
-from tests.harness.scrape import metric_delta, metric_sum
+from tests.harness.scrape import gauge, metric_delta, metric_sum
 from tests.harness.server import LocalServer, free_port, start_server
 
 LOAD = sampled(PARITY_PAIRS)  # 1, 1, 2, 4 or 8 parity pairs per request
@@ -53,7 +53,7 @@ async def overload(url: str, concurrency: int, seconds: float, report: Report) -
     await task
     metrics = scrape(url)
     rss_end = metric_sum(metrics, "process_resident_memory_bytes")
-    capacity = metrics.get(("paraserve_queue_capacity_pairs", ()), 256)
+    capacity = gauge(metrics, "paraserve_queue_capacity_pairs")
     batches = metric_sum(metrics, "paraserve_inference_duration_seconds_count") or 1
     batch_time = metric_sum(metrics, "paraserve_inference_duration_seconds_sum") / batches
     # A pair waits for at most the queue ahead of it (capacity / 8 batches) plus its own request's batches.
@@ -88,10 +88,10 @@ async def clients_leave(url: str, concurrency: int, report: Report) -> None:
             gone.statuses[outcome] += 1
     await background
     deadline = time.monotonic() + 15
-    depth = scrape(url).get(("paraserve_queue_depth_pairs", ()), -1)
+    depth = gauge(scrape(url), "paraserve_queue_depth_pairs")
     while depth != 0 and time.monotonic() < deadline:
         await asyncio.sleep(0.2)
-        depth = scrape(url).get(("paraserve_queue_depth_pairs", ()), -1)
+        depth = gauge(scrape(url), "paraserve_queue_depth_pairs")
     print(f"  abandoned: {dict(gone.statuses)}", flush=True)
     report.check(depth == 0, f"queue depth back to 0 after the load: {depth:.0f}")
     report.check(httpx.get(f"{url}/readyz", timeout=5).status_code == 200, "still ready")
