@@ -42,8 +42,29 @@ def start_server(
 ) -> LocalServer:
     """Spawn the service for `artifact` with PARASERVE_<KEY>=value settings (and `env` added) and wait until it is ready.
 
-    `log_file`: the server's stderr (its log) goes there instead of this process's stderr.
+    `log_file`: the server's stderr (its log) goes there instead of this process's stderr. A port that `free_port` gave
+    can be taken before the server binds it (a client's ephemeral port, under the reliability run's connection floods):
+    a start that failed to bind (exit 3) is tried again on new ports, at most BIND_ATTEMPTS times in all.
     """
+    for attempt in range(1, BIND_ATTEMPTS + 1):
+        if "grpc_port" in settings and attempt > 1:
+            settings = {**settings, "grpc_port": str(free_port())}
+        try:
+            return _start_once(artifact, ready_timeout=ready_timeout, env=env, log_file=log_file, **settings)
+        except BindFailed:
+            if attempt == BIND_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")
+
+
+BIND_ATTEMPTS = 3
+
+
+class BindFailed(RuntimeError):
+    """The server exited at start-up with uvicorn's start-up failure code (3): a port was taken."""
+
+
+def _start_once(artifact: Path, *, ready_timeout: float, env: dict[str, str] | None, log_file: Path | None, **settings: str) -> LocalServer:
     port = free_port()
     env = dict(os.environ, **(env or {}), PARASERVE_ARTIFACT_DIR=str(artifact), PARASERVE_HOST="127.0.0.1", PARASERVE_PORT=str(port))
     env.setdefault("PARASERVE_LOG_LEVEL", "warning")
@@ -62,6 +83,10 @@ def start_server(
         wait_ready(server.url, ready_timeout, server.process)
     except TimeoutError:
         server.process.kill()
+        raise
+    except RuntimeError as exc:
+        if server.process.returncode == 3:
+            raise BindFailed(str(exc)) from exc
         raise
     return server
 
