@@ -147,10 +147,10 @@ async def hostile_clients(
         batches = metric_delta(before, after, "paraserve_inference_duration_seconds_count")
         row.batch_s = metric_delta(before, after, "paraserve_inference_duration_seconds_sum") / batches if batches else 0.0
         rows[name] = row
-    print(f"  {'attack':15s} {'RSS MB before->after':>21s} {'fds':>11s} {'ordinary p50/p99 (n, 200s)':>32s} {'healthz p99':>11s}  outcome")
+    print(f"  {'attack':18s} {'RSS MB before->after':>21s} {'fds':>11s} {'ordinary p50/p99 (n, 200s)':>32s} {'healthz p99':>11s}  outcome")
     for r in rows.values():
         print(
-            f"  {r.name:15s} {r.rss_mb[0]:9.0f} -> {r.rss_mb[1]:6.0f} {r.fds[0]:4.0f} -> {r.fds[1]:4.0f} "
+            f"  {r.name:18s} {r.rss_mb[0]:9.0f} -> {r.rss_mb[1]:6.0f} {r.fds[0]:4.0f} -> {r.fds[1]:4.0f} "
             f"{r.ordinary[0] * 1000:8.0f} / {r.ordinary[1] * 1000:5.0f} ms ({r.ordinary[2]:4d}, {r.ordinary_ok:4.0%}) "
             f"{r.healthz_p99 * 1000:8.0f} ms  {r.outcome}"
             + (f"; log {r.log_bytes} bytes" if r.log_bytes >= 0 and r.name == "v2 errors" else "")
