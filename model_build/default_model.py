@@ -10,7 +10,7 @@ from pathlib import Path
 from artifact.errors import ArtifactError
 from artifact.manifest import Variant, verify_artifact
 from model_build.bases import DEFAULT_BASE, Base, base
-from model_build.build import BuildOptions, build, default_variants
+from model_build.build import DEFAULT_INT8_TOLERANCE, BuildOptions, build, default_variants
 from model_build.checkpoint import config_hash, read_config
 from model_build.errors import BuildError
 from model_build.finetune import FinetuneConfig, estimated_seconds, finetune, trained_with, training_steps
@@ -105,11 +105,10 @@ def ensure_default_artifacts(cache: Path, data_dir: Path, model_dir: Path | None
         force=True,
         calibration_data=calibration,
         variants=served,
+        tolerance=DEFAULT_INT8_TOLERANCE if chosen.int8_tolerance is None else chosen.int8_tolerance,
         float_layers=chosen.float_layers,
         float_layer_variants=chosen.float_layer_variants,
     )
-    if chosen.int8_tolerance is not None:
-        opts.tolerance = chosen.int8_tolerance
     build(checkpoint, artifacts, opts)
     if not _cached(artifacts, config_hash(checkpoint), served):
         raise BuildError(f"artifacts in {artifacts} did not verify after building")
