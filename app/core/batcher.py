@@ -205,7 +205,7 @@ class Batcher(Generic[RowT]):
     # ---- submission -----------------------------------------------------------------------------------
 
     @contextmanager
-    def incoming(self, rows: int = 0, client: str = "") -> Iterator[None]:
+    def incoming(self, rows: int = 0, client: str = "", *, announce: bool = True) -> Iterator[None]:
         """Announce a request of `rows` pairs on its way in (being tokenized), on the event loop, and hold room for it.
 
         Admission happens here, before tokenization: rows waiting to be tokenized count against the capacity like
@@ -213,17 +213,19 @@ class Batcher(Generic[RowT]):
         cannot pile up unseen in front of the tokenizer). The room is held until `submit` queues the rows or the
         request ends. A partial batch waits (up to max_wait from its first row) only while some request is on its
         way: waiting when none is cannot fill the batch, it only adds max_wait to an idle request's latency.
+        `announce=False` holds the room without that: a cascade's room in its accurate model, for pairs of which most
+        will never come (a partial batch would wait for them holding a worker).
         """
         self._admit(rows, reserved=0, client=client)
         self._reserved += rows
         self._hold(client, rows)
-        self._incoming += 1
+        self._incoming += announce
         try:
             yield
         finally:
             self._reserved -= rows
             self._release(client, rows)
-            self._incoming -= 1
+            self._incoming -= announce
             self._wakeup.set()
 
     def _admit(self, rows: int, *, reserved: int, client: str) -> None:

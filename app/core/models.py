@@ -250,7 +250,9 @@ class Cascade:
         n = len(checked)
         second: _Found | None = None
         try:
-            with self.accurate.batcher.incoming(n, client):  # room for every pair in the accurate queue, until it is known
+            # Room for every pair in the accurate queue until it is known which escalate; not announced as coming, so
+            # the accurate model's partial batches do not wait for pairs that mostly stay with the fast model.
+            with self.accurate.batcher.incoming(n, client, announce=False):
                 try:
                     with self.fast.batcher.incoming(n, client):
                         pending = await self.fast.submit(checked, client=client)

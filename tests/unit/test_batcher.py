@@ -420,3 +420,22 @@ def test_a_batch_starts_with_the_client_served_least_recently():
     batches = asyncio.run(scenario())
     assert batches[0] == [float(i) for i in range(1, 9)]  # a was first and alone when the loop woke
     assert batches[1][0] == 99.0 and len(batches) == 4  # then b's turn: its row heads the next batch
+
+
+def test_room_held_without_announcing_counts_against_capacity_but_holds_no_batch_back():
+    """A cascade's room in its accurate model: admitted like queued rows, but no partial batch waits for it."""
+
+    async def scenario():
+        model = FakeModel()
+        batcher = make(model, wait=1000.0, capacity=4)  # a batch that waited for the room would outlast the bound below
+        batcher.start()
+        with batcher.incoming(3, announce=False):
+            with pytest.raises(Overloaded):
+                batcher.submit([1.0, 2.0])  # 3 held + 2 > 4
+            (result,) = await asyncio.wait_for(asyncio.gather(*batcher.submit([1.0])), 30)  # a liveness bound
+        await batcher.drain(1)
+        return model, result
+
+    model, result = asyncio.run(scenario())
+    assert model.batches == [[1.0]]
+    assert result.score == 0.01
