@@ -65,7 +65,20 @@ HEALTHCHECK --interval=5s --timeout=3s --start-period=60s --retries=3 \
 STOPSIGNAL SIGTERM
 CMD ["python", "-m", "app"]
 
+# ---- the service: one variant (compose's int8, fp32 and openvino services) ----------------------------------------
+FROM serving AS runtime
+ARG VARIANT=int8-calibrated
+# A folder of the build context holding <variant>/ artifact folders (default: the README's run command's cache).
+ARG ARTIFACTS=model-cache/default/artifacts
+COPY ${ARTIFACTS}/${VARIANT}/ /models/${VARIANT}/
+ENV PARASERVE_ARTIFACT_DIR=/models/${VARIANT}
+LABEL org.opencontainers.image.title="paraserve" \
+      org.opencontainers.image.description="Paraphrase detection (GLUE MRPC) over HTTP, OIP v2 REST and gRPC" \
+      paraserve.variant="${VARIANT}"
+
 # ---- several models and the cascade in one server (compose's `repository`) ---------------------------------------
+# Last, so that building `runtime` never builds it: docker-compose 1.29's classic builder builds every stage before
+# its target, and this one needs the accurate model's artifacts, which the default set-up does not make.
 FROM serving AS repository
 # Folders of the build context: each model's artifacts root (its served variants only) and the cascade's folder.
 ARG FAST=model-cache/default/artifacts
@@ -80,14 +93,3 @@ ENV PARASERVE_MODELS=fast=/models/fast,accurate=/models/accurate,cascade=/models
 LABEL org.opencontainers.image.title="paraserve" \
       org.opencontainers.image.description="Paraphrase detection (GLUE MRPC): a fast and an accurate model and the cascade over them" \
       paraserve.variant="repository"
-
-# ---- the service: one variant (the last stage, the default target) ----------------------------------------------
-FROM serving AS runtime
-ARG VARIANT=int8-calibrated
-# A folder of the build context holding <variant>/ artifact folders (default: the README's run command's cache).
-ARG ARTIFACTS=model-cache/default/artifacts
-COPY ${ARTIFACTS}/${VARIANT}/ /models/${VARIANT}/
-ENV PARASERVE_ARTIFACT_DIR=/models/${VARIANT}
-LABEL org.opencontainers.image.title="paraserve" \
-      org.opencontainers.image.description="Paraphrase detection (GLUE MRPC) over HTTP, OIP v2 REST and gRPC" \
-      paraserve.variant="${VARIANT}"
