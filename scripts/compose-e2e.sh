@@ -38,35 +38,30 @@ dc() { "${compose[@]}" -p "$PROJECT" -f docker-compose.yml --profile repository 
 scripts/setup.sh
 scripts/fetch-torch-wheel.sh >/dev/null
 
-if .venv/bin/python -c "
-import sys; from pathlib import Path; from artifact.manifest import verify_artifact
-[verify_artifact(Path('model-cache/default/artifacts') / v) for v in ('fp32', 'int8-calibrated', 'openvino-int8')]" 2>/dev/null; then
+verified() { .venv/bin/python -c "from pathlib import Path; from artifact.manifest import verify_artifact; verify_artifact(Path('$1'))" 2>/dev/null; }
+# tiny <family> <out> <name> <variant>...: a tiny random checkpoint of the family, built into <out> unless it verifies there.
+tiny() {
+    local family=$1 out=$2 name=$3 variants=(); shift 3
+    for v in "$@"; do variants+=(--variant "$v"); done
+    verified "$out/openvino-int8" && return
+    say "building a tiny $family model ($name) into $out (calibrated on ${MRPC_DIR:-../shared/data/mrpc})"
+    .venv/bin/python -m model_build --log-level WARNING init-tiny --family "$family" --out "$out-checkpoint" --force >/dev/null
+    .venv/bin/python -m model_build --log-level WARNING build --model-dir "$out-checkpoint" --out "$out" "${variants[@]}" \
+        --calibration-data "${MRPC_DIR:-../shared/data/mrpc}" --calibration-pairs 64 --name "$name" --force >/dev/null
+}
+
+E2E=model-cache/e2e-tiny
+if verified model-cache/default/artifacts/fp32 && verified model-cache/default/artifacts/int8-calibrated \
+    && verified model-cache/default/artifacts/openvino-int8; then
     export ARTIFACTS=model-cache/default/artifacts
     say "using the cached default model"
 else
-    export ARTIFACTS=model-cache/e2e-tiny/artifacts
-    if ! .venv/bin/python -c "from pathlib import Path; from artifact.manifest import verify_artifact; verify_artifact(Path('$ARTIFACTS/openvino-int8'))" 2>/dev/null; then
-        say "building a tiny model for the images (calibrated on ${MRPC_DIR:-../shared/data/mrpc})"
-        .venv/bin/python -m model_build --log-level WARNING init-tiny --out model-cache/e2e-tiny/checkpoint --force >/dev/null
-        .venv/bin/python -m model_build --log-level WARNING build --model-dir model-cache/e2e-tiny/checkpoint --out "$ARTIFACTS" \
-            --variant fp32 --variant int8-calibrated --variant openvino-int8 --calibration-data "${MRPC_DIR:-../shared/data/mrpc}" --calibration-pairs 64 \
-            --name tiny-e2e --force >/dev/null
-    fi
+    export ARTIFACTS=$E2E/artifacts
 fi
-
-# The repository service: a tiny BERT and a tiny MPNet (built from configs) and a cascade over them.
-E2E=model-cache/e2e-tiny
-if ! .venv/bin/python -c "from pathlib import Path; from artifact.manifest import verify_artifact; verify_artifact(Path('$E2E/mpnet/openvino-int8'))" 2>/dev/null; then
-    say "building a tiny MPNet for the repository image"
-    .venv/bin/python -m model_build --log-level WARNING init-tiny --family mpnet --out "$E2E/mpnet-checkpoint" --force >/dev/null
-    .venv/bin/python -m model_build --log-level WARNING build --model-dir "$E2E/mpnet-checkpoint" --out "$E2E/mpnet" --variant int8-calibrated \
-        --variant openvino-int8 --calibration-data "${MRPC_DIR:-../shared/data/mrpc}" --calibration-pairs 64 --name tiny-mpnet-e2e --force >/dev/null
-fi
-if [[ $ARTIFACTS != "$E2E/artifacts" ]] && ! .venv/bin/python -c "from pathlib import Path; from artifact.manifest import verify_artifact; verify_artifact(Path('$E2E/artifacts/openvino-int8'))" 2>/dev/null; then
-    .venv/bin/python -m model_build --log-level WARNING init-tiny --out "$E2E/checkpoint" --force >/dev/null
-    .venv/bin/python -m model_build --log-level WARNING build --model-dir "$E2E/checkpoint" --out "$E2E/artifacts" --variant int8-calibrated \
-        --variant openvino-int8 --calibration-data "${MRPC_DIR:-../shared/data/mrpc}" --calibration-pairs 64 --name tiny-e2e --force >/dev/null
-fi
+# The images' model (when nothing is cached), and the repository service's: a tiny BERT and a tiny MPNet (built from
+# configs) and a cascade over them.
+tiny bert "$E2E/artifacts" tiny-e2e fp32 int8-calibrated openvino-int8
+tiny mpnet "$E2E/mpnet" tiny-mpnet-e2e int8-calibrated openvino-int8
 .venv/bin/python -c "
 from pathlib import Path
 from artifact.cascade import CASCADE_FORMAT, CascadeBand, CascadeFile, write_cascade
