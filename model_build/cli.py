@@ -156,6 +156,15 @@ def _base_model(args: argparse.Namespace) -> Path:
     return args.base_model or base(args.model).locate(args.cache)
 
 
+def _teacher_checkpoint(args: argparse.Namespace) -> Path | None:
+    """--model's teacher's fine-tuned checkpoint in the model cache, for a base that is distilled."""
+    from model_build.bases import base
+    from model_build.default_model import model_root
+
+    teacher = base(args.model).teacher
+    return None if teacher is None else model_root(args.cache, teacher) / "checkpoint"
+
+
 def _finetune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", type=Path, required=True, help="folder with GLUE MRPC train.tsv and dev.tsv")
     p.add_argument("--out", type=Path, required=True)
@@ -169,6 +178,7 @@ def _finetune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=_positive, default=None)
     p.add_argument("--limit-train", type=_positive, default=None)
     p.add_argument("--limit-dev", type=_positive, default=None)
+    p.add_argument("--teacher", type=Path, default=None, help="for a recipe that distils: the teacher checkpoint (default: --model's)")
     p.add_argument("--force", action="store_true")
 
 
@@ -178,7 +188,9 @@ def _finetune(args: argparse.Namespace, threads: int) -> None:
 
     overrides = {"epochs": args.epochs, "learning_rate": args.lr, "batch_size": args.batch_size, "augmentation": args.augmentation}
     chosen = replace(recipe(args.recipe or base(args.model).recipe), **{k: v for k, v in overrides.items() if v is not None})
-    cfg = FinetuneConfig(chosen, args.seed, threads, max_steps=args.max_steps, limit_train=args.limit_train, limit_dev=args.limit_dev)
+    teacher = args.teacher or _teacher_checkpoint(args)
+    limits = {"max_steps": args.max_steps, "limit_train": args.limit_train, "limit_dev": args.limit_dev}
+    cfg = FinetuneConfig(chosen, args.seed, threads, teacher=teacher, **limits)
     report = finetune(args.data_dir, args.out, base_model=_base_model(args), config=cfg, force=args.force)
     figures = f"dev F1 {report.dev_f1:.4f}, accuracy {report.dev_accuracy:.4f}"
     print(f"{report.steps} steps in {report.seconds:.0f} s; {figures} -> {args.out}")
@@ -193,10 +205,12 @@ def _search_arguments(p: argparse.ArgumentParser) -> None:
     _base_arguments(p)
     p.add_argument("--limit-train", type=_positive, default=None, help="only the first N train pairs (smoke runs)")
     p.add_argument("--max-steps", type=_positive, default=None, help="stop each fold's training after N steps (smoke runs)")
+    p.add_argument("--teacher-search", type=Path, default=None, help="for candidates that distil: the teacher's search JSON")
 
 
 def _search(args: argparse.Namespace, threads: int) -> None:
     from model_build.bases import base
+    from model_build.cascade import read_search
     from model_build.search import render, search, write
 
     result = search(
@@ -208,6 +222,7 @@ def _search(args: argparse.Namespace, threads: int) -> None:
         threads=threads,
         limit_train=args.limit_train,
         max_steps=args.max_steps,
+        teacher_search=None if args.teacher_search is None else read_search(args.teacher_search),
     )
     write(result, args.json)
     print(render(result))

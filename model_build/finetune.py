@@ -28,6 +28,7 @@ from typing import Any
 from artifact.encoding import EncodedPair, InputSpec, label_for, pad_batch, row_of
 from artifact.kernels import available_cpus, cpu_description
 from model_build.checkpoint import load_base
+from model_build.distill import teacher_identity, teacher_scores
 from model_build.errors import BuildError
 from model_build.mrpc import Pair, load_split
 from model_build.progress import progress
@@ -48,6 +49,7 @@ class FinetuneConfig:
     max_steps: int | None = None  # stop early (tests, smoke runs)
     limit_train: int | None = None  # use only the first N train pairs
     limit_dev: int | None = None
+    teacher: Path | None = None  # the checkpoint whose scores a recipe that distils trains on
 
 
 @dataclass
@@ -66,6 +68,7 @@ class FinetuneReport:
     dev_f1: float = 0.0  # scored once, after training
     dev_accuracy: float = 0.0
     cpu: dict[str, str] = field(default_factory=dict)
+    teacher: dict[str, str] | None = None  # distill.teacher_identity of the teacher, for a recipe that distils
 
 
 @dataclass(frozen=True)
@@ -75,9 +78,27 @@ class EncodedSet:
     rows: list[EncodedPair]
     swapped: list[EncodedPair]
     labels: list[int]
+    teacher: list[float] | None = None  # a teacher's P(paraphrase) of each pair, for a recipe that distils
 
     def subset(self, indices: Sequence[int]) -> EncodedSet:
-        return EncodedSet([self.rows[i] for i in indices], [self.swapped[i] for i in indices], [self.labels[i] for i in indices])
+        teacher = None if self.teacher is None else [self.teacher[i] for i in indices]
+        return EncodedSet([self.rows[i] for i in indices], [self.swapped[i] for i in indices], [self.labels[i] for i in indices], teacher)
+
+    def with_teacher(self, scores: Sequence[float]) -> EncodedSet:
+        if len(scores) != len(self.rows):
+            raise BuildError(f"the teacher scored {len(scores)} pairs, not the {len(self.rows)} being trained on")
+        return EncodedSet(self.rows, self.swapped, self.labels, list(scores))
+
+    def targets(self, recipe: Recipe) -> list[int] | list[float]:
+        """Each pair's training target: its label, or with a recipe that distils P(paraphrase) mixed from the label and
+        the teacher's score by the recipe's teacher weight (cross-entropy is linear in its target, so this is the
+        weighted sum of the label's loss and the teacher's)."""
+        if not recipe.distils:
+            return self.labels
+        if self.teacher is None:
+            raise BuildError(f"the recipe distils from a teacher (weight {recipe.teacher_weight:g}) but no teacher scored the pairs")
+        w = recipe.teacher_weight
+        return [(1.0 - w) * y + w * t for y, t in zip(self.labels, self.teacher, strict=True)]
 
 
 def encode_pairs(tokenizer: Any, pairs: Sequence[Pair], max_length: int) -> EncodedSet:
@@ -90,14 +111,18 @@ def encode_pairs(tokenizer: Any, pairs: Sequence[Pair], max_length: int) -> Enco
     return EncodedSet(encode(ones, twos), encode(twos, ones), [p.label for p in pairs])
 
 
-def epoch_examples(data: EncodedSet, augmentation: Augmentation, rng: random.Random) -> list[tuple[EncodedPair, int]]:
-    """One epoch's (row, label) examples under the augmentation; a swapped row keeps its pair's label."""
-    plain = list(zip(data.rows, data.labels, strict=True))
+def epoch_examples(
+    data: EncodedSet, augmentation: Augmentation, rng: random.Random, targets: Sequence[float] | None = None
+) -> list[tuple[EncodedPair, float]]:
+    """One epoch's (row, target) examples under the augmentation (targets: the labels unless given); a swapped row
+    keeps its pair's target."""
+    goal = data.labels if targets is None else targets
+    plain = list(zip(data.rows, goal, strict=True))
     if augmentation is Augmentation.NONE:
         return plain
     if augmentation is Augmentation.SWAP:
-        return [(s if rng.random() < 0.5 else r, y) for r, s, y in zip(data.rows, data.swapped, data.labels, strict=True)]
-    return plain + list(zip(data.swapped, data.labels, strict=True))
+        return [(s if rng.random() < 0.5 else r, y) for r, s, y in zip(data.rows, data.swapped, goal, strict=True)]
+    return plain + list(zip(data.swapped, goal, strict=True))
 
 
 def steps_per_epoch(examples: int, recipe: Recipe) -> int:
@@ -214,22 +239,22 @@ def train(
     ]
     optimizer = torch.optim.AdamW(groups, lr=recipe.learning_rate, fused=True)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(recipe.warmup_fraction * schedule), schedule)
+    targets = data.targets(recipe)
     epochs: list[dict[str, float]] = []
     step = 0
     for epoch in range(1, recipe.epochs + 1):
         if step >= total:
             break
         model.train()
-        examples = epoch_examples(data, recipe.augmentation, rng)
+        examples = epoch_examples(data, recipe.augmentation, rng, targets)
         losses: list[float] = []
         for batch_ids in length_sorted_batches([len(row) for row, _ in examples], recipe.batch_size, rng):
             if step >= total:
                 break
             batch = _collate([examples[i][0] for i in batch_ids], spec)
-            labels = torch.tensor([examples[i][1] for i in batch_ids])
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 logits = model(**batch)[0]
-            loss = torch.nn.functional.cross_entropy(logits.float(), labels)
+            loss = torch.nn.functional.cross_entropy(logits.float(), _target_tensor([examples[i][1] for i in batch_ids], recipe.distils))
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
@@ -243,6 +268,16 @@ def train(
         if after_epoch is not None:
             after_epoch(epoch)
     return epochs
+
+
+def _target_tensor(targets: Sequence[float], soft: bool) -> Any:
+    """Class indices for labels; for a distilled target p, the two-class distribution (1 - p, p)."""
+    import torch
+
+    if not soft:
+        return torch.tensor([int(t) for t in targets])
+    p = torch.tensor(targets, dtype=torch.float32)
+    return torch.stack([1.0 - p, p], dim=1)
 
 
 def paraphrase_probabilities(ckpt: Any, rows: Sequence[EncodedPair], batch_size: int = 64) -> list[float]:
@@ -278,15 +313,24 @@ def finetune(data_dir: Path, out: Path, *, base_model: Path, config: FinetuneCon
     train_pairs = load_split(data_dir, "train")[: cfg.limit_train]
     dev_pairs = load_split(data_dir, "dev")[: cfg.limit_dev]
 
+    teacher_dir = cfg.teacher if cfg.recipe.distils else None
+    if cfg.recipe.distils and teacher_dir is None:
+        raise BuildError(f"the recipe distils from a teacher (weight {cfg.recipe.teacher_weight:g}): name its checkpoint (--teacher)")
+    teacher = None if teacher_dir is None else teacher_identity(teacher_dir)
+
     torch.set_num_threads(cfg.threads)
     bf16, report_precision = resolve_precision(cfg.recipe.precision, cfg.threads)  # its probe draws random numbers: before the seed
-    torch.manual_seed(cfg.seed)
+    targets = None if teacher_dir is None else teacher_scores(teacher_dir, train_pairs, cfg.max_length)
+    torch.manual_seed(cfg.seed)  # after the teacher, whose loading draws random numbers too
     ckpt = load_base(base)
     model, tokenizer = ckpt.model, ckpt.tokenizer
     data = encode_pairs(tokenizer, train_pairs, cfg.max_length)
+    if targets is not None:
+        data = data.with_teacher(targets)
     total = training_steps(len(train_pairs), cfg.recipe, cfg.max_steps)
     report = FinetuneReport(str(base.name), asdict(cfg.recipe), cfg.seed, len(train_pairs), len(dev_pairs), cpu=cpu_description())
     report.precision = report_precision
+    report.teacher = teacher
     shape = (total, len(train_pairs), cfg.threads, cfg.seed, report_precision, json.dumps(report.recipe))
     log.info("fine-tuning %d steps (%d pairs, %d threads, seed %d, %s): %s", *shape)
     started = time.perf_counter()

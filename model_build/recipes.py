@@ -43,6 +43,9 @@ class Recipe:
     # records schedule_epochs=3, epochs=2, so the served model is trained exactly as the model that was scored.
     schedule_epochs: int | None = None
     precision: Precision = Precision.FP32
+    # Distillation: the share of each pair's training target taken from a teacher's P(paraphrase) instead of its
+    # label (model_build/distill.py); 0 trains on the labels alone, with no teacher.
+    teacher_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0:
@@ -51,6 +54,13 @@ class Recipe:
             raise BuildError(f"warm-up fraction must be in [0, 1): {self.warmup_fraction}")
         if self.schedule_epochs is not None and self.schedule_epochs < self.epochs:
             raise BuildError(f"schedule_epochs ({self.schedule_epochs}) must be at least epochs ({self.epochs})")
+        if not 0.0 <= self.teacher_weight <= 1.0:
+            raise BuildError(f"teacher weight must be in [0, 1]: {self.teacher_weight}")
+
+    @property
+    def distils(self) -> bool:
+        """Whether training needs a teacher's scores of the train pairs."""
+        return self.teacher_weight > 0.0
 
     @property
     def passes_per_epoch(self) -> int:
@@ -75,6 +85,9 @@ RECIPES: dict[str, Recipe] = {
     # and the same with swapped sentence orders, which won for MiniLM. bf16 where this host trains it faster.
     "mpnet-plain-2e-5": Recipe(epochs=3, learning_rate=2e-5, precision=Precision.AUTO),
     "mpnet-swap-2e-5": Recipe(epochs=3, learning_rate=2e-5, augmentation=Augmentation.SWAP, precision=Precision.AUTO),
+    # The cascade's first stage: the default recipe with the accurate model's P(paraphrase) as every pair's target,
+    # so that the fast model is confident where the accurate one agrees with it (bf16 where this host trains faster).
+    "distil-swap-5e-5": Recipe(epochs=3, learning_rate=5e-5, augmentation=Augmentation.SWAP, teacher_weight=1.0, precision=Precision.AUTO),
 }
 SEARCH_GRID = ("plain-5e-5", "swap-5e-5", "swap-1e-4")
 

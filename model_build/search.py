@@ -10,7 +10,9 @@ scored after every epoch (the curve gives the epoch count for free, with the sch
 the last epoch also with each pair's P(paraphrase) averaged over both sentence orders: what test-time order averaging
 would add at twice the inference cost. Every held-out pair's P(paraphrase) after the last epoch is kept in the JSON
 (`held_out`: train index -> score): out-of-fold scores of the whole train split, from which a cascade's uncertainty
-band is chosen (model_build/cascade.py) without a model ever scoring a pair it trained on.
+band is chosen (model_build/cascade.py) without a model ever scoring a pair it trained on. Each fold's model also
+scores the pairs it trained on (`fitted`): a teacher's targets for a student trained on the same fold
+(model_build/distill.py), so that the student's held-out fold is unseen by both.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 
 from artifact.kernels import available_cpus, cpu_description
 from model_build.checkpoint import Checkpoint, load_base
+from model_build.distill import fold_targets
 from model_build.errors import BuildError
 from model_build.finetune import (
     EncodedSet,
@@ -108,16 +111,20 @@ def search(
     max_length: int = 128,
     limit_train: int | None = None,
     max_steps: int | None = None,
+    teacher_search: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Cross-validate each named recipe on MRPC train; return per-fold, per-epoch figures and the chosen recipe.
 
-    The choice is the (candidate, epoch) with the highest mean held-out F1 over folds and seeds.
+    The choice is the (candidate, epoch) with the highest mean held-out F1 over folds and seeds. A candidate that
+    distils trains fold k on the scores fold k's teacher gave its own training pairs (`teacher_search`'s `fitted`).
     """
     import torch
 
     recipes = {name: recipe(name) for name in dict.fromkeys(candidates)}
     if not recipes:
         raise BuildError("no candidate recipes to search")
+    if teacher_search is None and (distilling := [name for name, r in recipes.items() if r.distils]):
+        raise BuildError(f"{', '.join(distilling)} distil from a teacher: pass the teacher's search (--teacher-search)")
     base = base_model
     pairs = load_split(data_dir, "train")[:limit_train]  # the only split read
     fold_of = stratified_group_folds(pairs, folds)
@@ -141,7 +148,12 @@ def search(
                 for k, (train_ids, held_ids) in enumerate(splits):
                     bar.set_description(f"search {name} seed {seed} fold {k + 1}/{folds}", refresh=False)
                     bf16 = precisions[r.precision][0]
-                    run = _fold(base, data, train_ids, held_ids, r, seed=seed, bar=bar, bf16=bf16, max_steps=max_steps)
+                    own = data.subset(train_ids)
+                    if r.distils and teacher_search is not None:
+                        own = own.with_teacher(fold_targets(teacher_search, k, train_ids))
+                    run = _fold(base, own, data.subset(held_ids), r, seed=seed, bar=bar, bf16=bf16, max_steps=max_steps)
+                    run |= {"held_out": dict(zip(held_ids, run.pop("held_out"), strict=True))}
+                    run |= {"fitted": dict(zip(train_ids, run.pop("fitted"), strict=True))}
                     runs.append({"candidate": name, "seed": seed, "fold": k} | run)
                     log.info("%s seed %d fold %d: held-out F1 by epoch %s", name, seed, k + 1, [round(e["f1"], 4) for e in run["epochs"]])
     result = _summarise(recipes, runs, folds, seeds, len(pairs), time.perf_counter() - started, base)
@@ -151,9 +163,8 @@ def search(
 
 def _fold(
     base: Path,
-    data: EncodedSet,
-    train_ids: list[int],
-    held_ids: list[int],
+    own: EncodedSet,
+    held: EncodedSet,
     r: Recipe,
     *,
     seed: int,
@@ -161,12 +172,12 @@ def _fold(
     bf16: bool,
     max_steps: int | None,
 ) -> dict[str, Any]:
-    """Train a fresh base model on the other folds; score the held-out fold after each epoch (both orders after the last)."""
+    """Train a fresh base model on the other folds (`own`); score the held-out fold after each epoch (both orders after
+    the last), and the pairs it trained on after the last (in `own`'s and `held`'s orders)."""
     import torch
 
     torch.manual_seed(seed)
     ckpt: Checkpoint = load_base(base)
-    held = data.subset(held_ids)
     curve: list[dict[str, float]] = []
     last: list[float] = []
 
@@ -180,11 +191,12 @@ def _fold(
             curve[-1] |= {"f1_both_orders": both["f1"], "accuracy_both_orders": both["accuracy"]}
 
     started = time.perf_counter()
-    losses = train(ckpt, data.subset(train_ids), r, seed=seed, bar=bar, bf16=bf16, max_steps=max_steps, after_epoch=held_out)
+    losses = train(ckpt, own, r, seed=seed, bar=bar, bf16=bf16, max_steps=max_steps, after_epoch=held_out)
     return {
-        "held_out": dict(zip(held_ids, last, strict=True)),
-        "train_pairs": len(train_ids),
-        "held_out_pairs": len(held_ids),
+        "held_out": last,
+        "fitted": paraphrase_probabilities(ckpt, own.rows),
+        "train_pairs": len(own.rows),
+        "held_out_pairs": len(held.rows),
         "held_out_paraphrase_share": sum(held.labels) / len(held.labels),
         "seconds": time.perf_counter() - started,
         "epochs": [c | {"train_loss": e["train_loss"]} for c, e in zip(curve, losses, strict=True)],
