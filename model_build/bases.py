@@ -175,9 +175,6 @@ class Base:
     # what bench/int8_recipes.py found this model's answers need.
     float_layers: str = ""
     float_layer_variants: tuple[str, ...] = ()
-    # The base whose fine-tuned checkpoint a recipe that distils learns from (model_build/distill.py); it is trained
-    # first, and this one again whenever the teacher's weights change.
-    teacher: str | None = None
 
 
 def _minilm(_cache: Path) -> Path:
@@ -222,19 +219,6 @@ BASES: dict[str, Base] = {
         # SmoothQuant) needs none: -0.05 and +0.33.
         float_layers=r"layer\.\d+\.output\.dense$",
         float_layer_variants=("int8-calibrated",),
-    ),
-    # The cascade's fast model: MiniLM trained on the accurate model's scores (docs/model.md, "The cascade's fast
-    # model"). It needs the accurate model, so it is built only with it (MODEL=cascade), never by the default set-up.
-    "minilm-l6-distilled": Base(
-        "minilm-l6-distilled",
-        "minilm-l6-distilled-mrpc",
-        _minilm,
-        "all-MiniLM-L6-v2 distilled from the accurate model (mpnet-base): 6 layers, 384 wide, 22.7 M parameters",
-        22_713_216,
-        "distil-swap-5e-5",
-        ("distil-swap-5e-5",),
-        3.0,
-        teacher="mpnet-base",
     ),
 }
 DEFAULT_BASE = "minilm-l6"

@@ -156,15 +156,6 @@ def _base_model(args: argparse.Namespace) -> Path:
     return args.base_model or base(args.model).locate(args.cache)
 
 
-def _teacher_checkpoint(args: argparse.Namespace) -> Path | None:
-    """--model's teacher's fine-tuned checkpoint in the model cache, for a base that is distilled."""
-    from model_build.bases import base
-    from model_build.default_model import model_root
-
-    teacher = base(args.model).teacher
-    return None if teacher is None else model_root(args.cache, teacher) / "checkpoint"
-
-
 def _finetune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", type=Path, required=True, help="folder with GLUE MRPC train.tsv and dev.tsv")
     p.add_argument("--out", type=Path, required=True)
@@ -178,7 +169,7 @@ def _finetune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=_positive, default=None)
     p.add_argument("--limit-train", type=_positive, default=None)
     p.add_argument("--limit-dev", type=_positive, default=None)
-    p.add_argument("--teacher", type=Path, default=None, help="for a recipe that distils: the teacher checkpoint (default: --model's)")
+    p.add_argument("--teacher", type=Path, default=None, help="for a recipe that distils: the teacher's fine-tuned checkpoint")
     p.add_argument("--force", action="store_true")
 
 
@@ -188,9 +179,8 @@ def _finetune(args: argparse.Namespace, threads: int) -> None:
 
     overrides = {"epochs": args.epochs, "learning_rate": args.lr, "batch_size": args.batch_size, "augmentation": args.augmentation}
     chosen = replace(recipe(args.recipe or base(args.model).recipe), **{k: v for k, v in overrides.items() if v is not None})
-    teacher = args.teacher or _teacher_checkpoint(args)
     limits = {"max_steps": args.max_steps, "limit_train": args.limit_train, "limit_dev": args.limit_dev}
-    cfg = FinetuneConfig(chosen, args.seed, threads, teacher=teacher, **limits)
+    cfg = FinetuneConfig(chosen, args.seed, threads, teacher=args.teacher, **limits)
     report = finetune(args.data_dir, args.out, base_model=_base_model(args), config=cfg, force=args.force)
     figures = f"dev F1 {report.dev_f1:.4f}, accuracy {report.dev_accuracy:.4f}"
     print(f"{report.steps} steps in {report.seconds:.0f} s; {figures} -> {args.out}")

@@ -12,7 +12,6 @@ from artifact.manifest import Variant, verify_artifact
 from model_build.bases import DEFAULT_BASE, Base, base
 from model_build.build import DEFAULT_INT8_TOLERANCE, BuildOptions, build, default_variants
 from model_build.checkpoint import config_hash, read_config
-from model_build.distill import teacher_identity
 from model_build.errors import BuildError
 from model_build.finetune import FinetuneConfig, estimated_seconds, finetune, trained_with, training_steps
 from model_build.mrpc import load_split, split_path
@@ -33,9 +32,8 @@ def _cached(artifacts: Path, config_sha256: str | None, variants: tuple[Variant,
     return config_sha256 is None or all(m.source.config_sha256 == config_sha256 for m in manifests)
 
 
-def _retrain_reason(checkpoint: Path, chosen: Base, teacher: Path | None) -> str | None:
-    """Why the cached checkpoint of a base must be (re)trained, or None when it is its current recipe's (and, for a
-    distilled base, its current teacher's).
+def _retrain_reason(checkpoint: Path, chosen: Base) -> str | None:
+    """Why the cached checkpoint of a base must be (re)trained, or None when it is its current recipe's.
 
     A checkpoint of an earlier recipe (the same config.json, other weights) would otherwise be served, and its
     artifacts reused, forever after an upgrade.
@@ -44,19 +42,7 @@ def _retrain_reason(checkpoint: Path, chosen: Base, teacher: Path | None) -> str
         return f"no {chosen.name} checkpoint yet"
     if not trained_with(checkpoint, recipe(chosen.recipe), DEFAULT_SEED):
         return f"the cached {chosen.name} checkpoint was not trained by its recipe {chosen.recipe!r} (seed {DEFAULT_SEED})"
-    if teacher is not None:
-        recorded = json.loads((checkpoint / "training.json").read_text(encoding="utf-8")).get("teacher")
-        if recorded != teacher_identity(teacher):
-            return f"the cached {chosen.name} checkpoint was distilled from other weights than {chosen.teacher}'s current ones"
     return None
-
-
-def _teacher(cache: Path, data_dir: Path, chosen: Base) -> Path | None:
-    """A distilled base's teacher's fine-tuned checkpoint, trained and built first if need be."""
-    if chosen.teacher is None:
-        return None
-    ensure_default_artifacts(cache, data_dir, model=chosen.teacher)
-    return model_root(cache, chosen.teacher) / "checkpoint"
 
 
 def model_root(cache: Path, name: str) -> Path:
@@ -79,8 +65,7 @@ def ensure_default_artifacts(cache: Path, data_dir: Path, model_dir: Path | None
     else:
         root, name = model_root(cache, chosen.name), chosen.served_name
         checkpoint = root / "checkpoint"
-        teacher = _teacher(cache, data_dir, chosen)
-        retrain = _retrain_reason(checkpoint, chosen, teacher)
+        retrain = _retrain_reason(checkpoint, chosen)
         expected = None if retrain else config_hash(checkpoint)
     artifacts = root / "artifacts"
     calibration: Path | None = data_dir
@@ -97,7 +82,7 @@ def ensure_default_artifacts(cache: Path, data_dir: Path, model_dir: Path | None
     if model_dir is None and retrain:
         for split in ("train", "dev"):
             split_path(data_dir, split)  # fail now, with the explanation of MRPC, not after loading a model
-        config = FinetuneConfig(recipe(chosen.recipe), DEFAULT_SEED, teacher=teacher)
+        config = FinetuneConfig(recipe(chosen.recipe), DEFAULT_SEED)
         steps = training_steps(len(load_split(data_dir, "train")), config.recipe)
         log.info(
             "%s: fine-tuning %s on MRPC train by recipe %r, about %.0f minutes here "

@@ -85,8 +85,8 @@ RECIPES: dict[str, Recipe] = {
     # and the same with swapped sentence orders, which won for MiniLM. bf16 where this host trains it faster.
     "mpnet-plain-2e-5": Recipe(epochs=3, learning_rate=2e-5, precision=Precision.AUTO),
     "mpnet-swap-2e-5": Recipe(epochs=3, learning_rate=2e-5, augmentation=Augmentation.SWAP, precision=Precision.AUTO),
-    # The cascade's first stage: the default recipe with the accurate model's P(paraphrase) as every pair's target,
-    # so that the fast model is confident where the accurate one agrees with it (bf16 where this host trains faster).
+    # The default recipe with the accurate model's P(paraphrase) as every pair's target (bf16 where this host trains
+    # faster): tried as the cascade's first stage; a better model alone, a worse first stage (model_build/distill.py).
     "distil-swap-5e-5": Recipe(epochs=3, learning_rate=5e-5, augmentation=Augmentation.SWAP, teacher_weight=1.0, precision=Precision.AUTO),
 }
 SEARCH_GRID = ("plain-5e-5", "swap-5e-5", "swap-1e-4")

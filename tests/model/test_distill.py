@@ -5,20 +5,17 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
-from model_build import default_model
 from model_build import distill as distill_module
-from model_build.bases import Base
 from model_build.checkpoint import load_base
 from model_build.cli import main
 from model_build.errors import BuildError
-from model_build.finetune import FinetuneConfig, FinetuneReport, encode_pairs, epoch_examples, finetune, train
+from model_build.finetune import FinetuneConfig, encode_pairs, epoch_examples, finetune, train
 from model_build.mrpc import load_split
 from model_build.recipes import Augmentation, Recipe, recipe
 from tests.model.test_search import synthetic_pairs, write_split
@@ -116,60 +113,3 @@ def test_search_distils_each_fold_from_that_folds_teacher_and_refuses_another_sp
     assert {r["fold"] for r in student["runs"]} == {0, 1, 2}
     with pytest.raises(BuildError, match="not the same"):
         distill_module.fold_targets(teacher, 0, list(range(5)))
-
-
-def test_a_distilled_base_trains_after_its_teacher_and_again_when_the_teachers_weights_change(
-    tiny_checkpoint: Path,
-    tiny_artifacts: Path,
-    tiny_mpnet_checkpoint: Path,
-    tiny_mpnet_artifacts: Path,
-    mrpc_dir: Path,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-):
-    def missing(_cache: Path) -> Path:
-        raise AssertionError("the teacher is trained already: its base is not located")
-
-    teacher_base = Base("tiny-teacher", "tiny-teacher-mrpc", missing, "tiny MPNet", 1, "mpnet-swap-2e-5", (), 0.1)
-    student_base = Base(
-        "tiny-student",
-        "tiny-student-mrpc",
-        lambda _cache: tiny_checkpoint,
-        "tiny BERT",
-        1,
-        "distil-swap-5e-5",
-        (),
-        0.1,
-        teacher="tiny-teacher",
-    )
-    bases = {b.name: b for b in (teacher_base, student_base)}
-    monkeypatch.setattr(default_model, "base", bases.__getitem__)
-    cache = tmp_path / "cache"
-    teacher = cache / "tiny-teacher" / "checkpoint"
-    shutil.copytree(tiny_mpnet_checkpoint, teacher)
-    (teacher / "training.json").write_text(json.dumps({"recipe": asdict(recipe("mpnet-swap-2e-5")), "seed": 42}))
-    shutil.copytree(tiny_mpnet_artifacts, cache / "tiny-teacher" / "artifacts")
-    trained: list[Path | None] = []
-
-    def fake_finetune(data_dir: Path, out: Path, *, base_model: Path, config: FinetuneConfig, force: bool) -> FinetuneReport:
-        assert config.teacher is not None
-        trained.append(config.teacher)
-        shutil.rmtree(out, ignore_errors=True)
-        shutil.copytree(tiny_checkpoint, out)
-        identity = distill_module.teacher_identity(config.teacher)
-        (out / "training.json").write_text(json.dumps({"recipe": asdict(config.recipe), "seed": config.seed, "teacher": identity}))
-        return FinetuneReport("tiny", asdict(config.recipe), config.seed, 20, 20)
-
-    def fake_build(checkpoint: Path, out: Path, _opts: object) -> None:
-        shutil.rmtree(out, ignore_errors=True)
-        shutil.copytree(tiny_artifacts, out)
-
-    monkeypatch.setattr(default_model, "finetune", fake_finetune)
-    monkeypatch.setattr(default_model, "build", fake_build)
-    artifacts = default_model.ensure_default_artifacts(cache, mrpc_dir, model="tiny-student")
-    assert trained == [teacher] and artifacts == cache / "tiny-student" / "artifacts"
-    assert default_model.ensure_default_artifacts(cache, mrpc_dir, model="tiny-student") == artifacts and len(trained) == 1
-    weights = teacher / "model.safetensors"
-    weights.write_bytes(weights.read_bytes() + b" ")  # other teacher weights (its config, and so its artifacts, unchanged)
-    default_model.ensure_default_artifacts(cache, mrpc_dir, model="tiny-student")
-    assert trained == [teacher, teacher]
