@@ -1,7 +1,10 @@
 """The fast model, the accurate one and the cascade over them, served side by side by one server (2 workers): pairs/s
 and p50/p99 at 16 clients of 1-8 MRPC dev pairs, and dev F1 and the share of pairs escalated; then the curve of F1
 against share escalated, with pairs/s, for symmetric bands around 0.5 (PARASERVE_CASCADE_BAND) and the chosen one.
-Prints tables and writes JSON with the CPU. Dev is reported, never used to choose (the band comes from train).
+Each row also gives each model's pairs per batch and forward milliseconds per pair under that load, and the workers'
+busy share: where a cascade's pairs/s goes; and, from the two models' dev scores, the best any band could do on dev
+(a bound). Prints tables and writes JSON with the CPU. Dev is reported, never used to choose (the band comes from
+train).
 
     python -m bench.cascade --fast model-cache/default/artifacts --accurate model-cache/mpnet-base/artifacts \\
         --cascade model-cache/cascade --data-dir ../shared/data/mrpc [--seconds 20] [--curve]
@@ -12,6 +15,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +25,18 @@ import httpx
 from artifact.cascade import read_cascade
 from artifact.kernels import cpu_description
 from bench.service import idle_latency
+from model_build.cascade import Outcome, bands, outcome
 from model_build.mrpc import load_split
 from model_build.scoring import f1_accuracy
 from tests.harness.load import closed_loop, mixed, predict_sender
+from tests.harness.scrape import Samples, metric_delta, samples
 from tests.harness.server import running_server
 
+WORKERS = 2
 
-def dev_figures(url: str, model: str, dev: list[Any]) -> dict[str, float]:
-    """Dev F1 and accuracy as served (8 pairs a request), and the share of pairs the accurate model decided."""
+
+def dev_scores(url: str, model: str, dev: list[Any]) -> tuple[list[float], list[str]]:
+    """Each dev pair's score as served (8 pairs a request) and the model that decided it."""
     scores, decided = [], []
     with httpx.Client(timeout=120) as client:
         for start in range(0, len(dev), 8):
@@ -38,8 +47,46 @@ def dev_figures(url: str, model: str, dev: list[Any]) -> dict[str, float]:
             for p in answer.json()["predictions"]:
                 scores.append(p["score"])
                 decided.append(p["decided_by"])
+    return scores, decided
+
+
+def dev_figures(scores: list[float], decided: list[str], dev: list[Any]) -> dict[str, float]:
+    """Dev F1 and accuracy, and the share of pairs the accurate model decided."""
     figures = f1_accuracy([p.label for p in dev], [int(s >= 0.5) for s in scores])
     return {**figures, "escalated": sum(1 for d in decided if d == "accurate") / len(decided)}
+
+
+def dev_bound(fast: list[float], accurate: list[float], dev: list[Any]) -> dict[str, Any]:
+    """What no band chosen on train can beat on dev: where the two models disagree, and the best F1 of any band read
+    off dev itself at each share escalated (a bound, never a choice)."""
+    labels = [p.label for p in dev]
+    disagree = [f for f, a in zip(fast, accurate, strict=True) if (f >= 0.5) != (a >= 0.5)]
+    best: dict[float, Outcome] = {}
+    for low, high in bands():
+        o = outcome(low, high, fast, accurate, labels)
+        for share in BOUND_SHARES:
+            if o.escalated <= share and (share not in best or o.f1 > best[share].f1):
+                best[share] = o
+    return {
+        "disagree": len(disagree) / len(dev),
+        "disagree_fast_above_0_85": sum(1 for f in disagree if f >= 0.85) / max(1, len(disagree)),
+        "best_band_at_share": [{"share": share, **asdict(best[share])} for share in BOUND_SHARES],
+    }
+
+
+BOUND_SHARES = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4)
+
+
+def render_bound(bound: dict[str, Any]) -> str:
+    lines = [
+        f"\nfast and accurate disagree on {bound['disagree']:.1%} of dev, {bound['disagree_fast_above_0_85']:.0%} of those with a fast "
+        "score >= 0.85; the best band read off dev (a bound, not a choice) at each share escalated:"
+    ]
+    lines += [
+        f"  <= {b['share']:.0%}: [{b['low']:.2f}, {b['high']:.2f}) F1 {b['f1']:.4f} at {b['escalated']:.1%}"
+        for b in bound["best_band_at_share"]
+    ]
+    return "\n".join(lines)
 
 
 async def load(url: str, model: str, pairs: list[tuple[str, str]], clients: int, seconds: float) -> dict[str, float]:
@@ -49,10 +96,36 @@ async def load(url: str, model: str, pairs: list[tuple[str, str]], clients: int,
     return tally.summary()
 
 
+STAGES = ("fast", "accurate")
+
+
+def stage_costs(before: Samples, after: Samples) -> dict[str, float]:
+    """What each model's batches were during a load: pairs per batch and forward milliseconds per pair (from the
+    per-model batch and inference histograms), and the workers' busy share of the time (`seconds` added by the caller).
+    Why the cascade serves less than forward cost predicts: its accurate batches are small and its fast forwards slower
+    beside an accurate one on the other core."""
+    figures: dict[str, float] = {"worker_busy_s": metric_delta(before, after, "paraserve_worker_busy_seconds_total")}
+    for stage in STAGES:
+        rows = metric_delta(before, after, "paraserve_batch_rows_sum", model=stage)
+        batches = metric_delta(before, after, "paraserve_batch_rows_count", model=stage)
+        if batches:
+            forward = metric_delta(before, after, "paraserve_inference_duration_seconds_sum", model=stage)
+            figures |= {f"{stage}_rows_per_batch": rows / batches, f"{stage}_forward_ms_per_pair": 1000 * forward / rows}
+    return figures
+
+
 def measure(url: str, model: str, dev: list[Any], clients: int, seconds: float, idle: bool = False) -> dict[str, float]:
-    """Saturation at `clients`, dev figures, and (with `idle`) the p50 of one pair at a time with nothing else running."""
+    """Saturation at `clients` (with each stage's batch figures), dev figures, and (with `idle`) the p50 of one pair at a
+    time with nothing else running."""
     pairs = [(p.sentence1, p.sentence2) for p in dev]
-    row = {**asyncio.run(load(url, model, pairs, clients, seconds)), **dev_figures(url, model, dev)}
+    before = samples(httpx.get(f"{url}/metrics", timeout=30).text)
+    started = time.perf_counter()
+    saturation = asyncio.run(load(url, model, pairs, clients, seconds))
+    elapsed = time.perf_counter() - started
+    costs = stage_costs(before, samples(httpx.get(f"{url}/metrics", timeout=30).text))
+    costs["worker_busy_share"] = costs.pop("worker_busy_s") / (elapsed * WORKERS)
+    scores, decided = dev_scores(url, model, dev)
+    row = {**saturation, **costs, **dev_figures(scores, decided, dev), "dev_scores": scores}
     if idle:
         row["idle_p50_s"] = asyncio.run(idle_latency(url, pairs, model))["p50_s"]
     return row
@@ -60,8 +133,12 @@ def measure(url: str, model: str, dev: list[Any], clients: int, seconds: float, 
 
 def show(row: dict[str, float]) -> str:
     timing = f"{row['pairs_per_s']:8.1f} {row['p50_s'] * 1000:7.0f} {row['p99_s'] * 1000:7.0f}"
+    stages = " ".join(
+        f"{row[f'{s}_rows_per_batch']:5.1f} {row[f'{s}_forward_ms_per_pair']:6.1f}" if f"{s}_rows_per_batch" in row else f"{'-':>12s}"
+        for s in STAGES
+    )
     idle = f" {row['idle_p50_s'] * 1000:12.1f}" if "idle_p50_s" in row else ""
-    return f"{timing} {row['f1']:7.4f} {row['escalated']:9.1%}{idle}"
+    return f"{timing} {row['f1']:7.4f} {row['escalated']:9.1%} {stages} {row['worker_busy_share']:5.0%}{idle}"
 
 
 def main() -> int:
@@ -77,25 +154,30 @@ def main() -> int:
     args = parser.parse_args()
     dev = load_split(args.data_dir, "dev")
     models = f"fast={args.fast},accurate={args.accurate},cascade={args.cascade}"
-    settings = {"models": models, "workers": "2", "queue_capacity": "512"}
+    settings = {"models": models, "workers": str(WORKERS), "queue_capacity": "512"}
     chosen = read_cascade(args.cascade)
     results: dict[str, Any] = {"models": {}, "curve": []}
-    head = f"{'pairs/s':>8s} {'p50 ms':>7s} {'p99 ms':>7s} {'dev F1':>7s} {'escalated':>9s}"
+    stage_head = " ".join(f"{s[:4] + ' rows':>5s} {'ms/pr':>6s}" for s in STAGES)
+    head = f"{'pairs/s':>8s} {'p50 ms':>7s} {'p99 ms':>7s} {'dev F1':>7s} {'escalated':>9s} {stage_head} {'busy':>5s}"
     print(f"{'model':10s} {head} {'idle p50 ms':>12s}", flush=True)
     with running_server(args.fast, **settings) as server:
         for model in ("fast", "accurate", "cascade"):
             row = measure(server.url, model, dev, args.clients, args.seconds, idle=True)
             results["models"][model] = row
             print(f"{model:10s} {show(row)}", flush=True)
+    results["dev_bound"] = dev_bound(results["models"]["fast"]["dev_scores"], results["models"]["accurate"]["dev_scores"], dev)
+    print(render_bound(results["dev_bound"]), flush=True)
     if args.curve:
         print(f"\n{'band':12s} {head}", flush=True)
-        bands = [(0.5 - w, 0.5 + w) for w in (0.1, 0.2, 0.3, 0.4)] + [(chosen.band.low, chosen.band.high)]
-        for low, high in bands:
+        served_bands = [(0.5 - w, 0.5 + w) for w in (0.1, 0.2, 0.3, 0.4)] + [(chosen.band.low, chosen.band.high)]
+        for low, high in served_bands:
             with running_server(args.fast, **settings, cascade_band=f"{low:.2f},{high:.2f}") as server:
                 row = {"low": low, "high": high, **measure(server.url, "cascade", dev, args.clients, args.seconds)}
+            row.pop("dev_scores")
             results["curve"].append(row)
             print(f"[{low:.2f}, {high:.2f}) {show(row)}", flush=True)
-    results.update(band=[chosen.band.low, chosen.band.high], clients=args.clients, seconds=args.seconds, workers=2, cpu=cpu_description())
+    results.update(band=[chosen.band.low, chosen.band.high], clients=args.clients, seconds=args.seconds, workers=WORKERS)
+    results["cpu"] = cpu_description()
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2))
     return 0
