@@ -33,6 +33,8 @@ from tests.harness.scrape import Samples, metric_delta, samples
 from tests.harness.server import running_server
 
 WORKERS = 2
+BOUND_SHARES = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4)  # shares escalated at which dev_bound reports the best band
+STAGES = ("fast", "accurate")
 
 
 def dev_scores(url: str, model: str, dev: list[Any]) -> tuple[list[float], list[str]]:
@@ -74,9 +76,6 @@ def dev_bound(fast: list[float], accurate: list[float], dev: list[Any]) -> dict[
     }
 
 
-BOUND_SHARES = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4)
-
-
 def render_bound(bound: dict[str, Any]) -> str:
     lines = [
         f"\nfast and accurate disagree on {bound['disagree']:.1%} of dev, {bound['disagree_fast_above_0_85']:.0%} of those with a fast "
@@ -96,12 +95,9 @@ async def load(url: str, model: str, pairs: list[tuple[str, str]], clients: int,
     return tally.summary()
 
 
-STAGES = ("fast", "accurate")
-
-
 def stage_costs(before: Samples, after: Samples) -> dict[str, float]:
     """What each model's batches were during a load: pairs per batch and forward milliseconds per pair (from the
-    per-model batch and inference histograms), and the workers' busy share of the time (`seconds` added by the caller).
+    per-model batch and inference histograms), and the workers' busy seconds (the caller divides them by the time).
     Why the cascade serves less than forward cost predicts: its accurate batches are small and its fast forwards slower
     beside an accurate one on the other core."""
     figures: dict[str, float] = {"worker_busy_s": metric_delta(before, after, "paraserve_worker_busy_seconds_total")}

@@ -8,8 +8,8 @@ of the labels, the fast model might learn where the accurate one is unsure or ov
 What it gave (`search --candidate distil-swap-5e-5 --teacher-search <MPNet's search>`, 3 folds, AMD EPYC): a better
 fast model alone (out-of-fold F1 0.8413 against 0.8361) but a worse first stage: the cascade needs 27.0% of train
 escalated for F1 within 0.5 point of the accurate model, where the undistilled MiniLM needs 21.0%, and from 15%
-escalated on, its curve of F1 against share escalated is 0.3 point lower (docs/model.md, "The cascade's fast model"). The cascade
-keeps the undistilled default; the recipe stays for the next fast model to try it.
+escalated on, its curve of F1 against share escalated is 0.3 point lower (docs/model.md, "The cascade's fast
+model"). The cascade keeps the undistilled default; the recipe stays for the next fast model to try it.
 
 Where the targets come from, so that no score a band is chosen by comes from a model that saw its pair:
 - `finetune --teacher`: the teacher checkpoint (trained on all of train) scores every train pair;
