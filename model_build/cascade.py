@@ -26,6 +26,7 @@ from artifact.kernels import cpu_description
 from model_build.errors import BuildError
 from model_build.mrpc import load_split
 from model_build.scoring import f1_accuracy
+from model_build.search import runs_of
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +46,10 @@ class Outcome:
 def out_of_fold(search: dict[str, Any], candidate: str | None = None, seed: int | None = None) -> tuple[dict[int, float], dict[int, int]]:
     """Held-out scores of every train pair (index -> P(paraphrase)) and each pair's fold, from one search's runs of one
     candidate and seed (default: the search's chosen candidate, its first seed)."""
-    candidate = candidate or search["chosen"]["candidate"]
-    seed = search["seeds"][0] if seed is None else seed
-    runs = [r for r in search["runs"] if r["candidate"] == candidate and r["seed"] == seed]
+    runs = runs_of(search, candidate, seed)
     if not runs or any("held_out" not in r for r in runs):
-        raise BuildError(
-            f"the search has no held-out scores for candidate {candidate!r}, seed {seed}: rerun `python -m model_build search`"
-        )
+        named = f"candidate {candidate or search['chosen']['candidate']!r}, seed {search['seeds'][0] if seed is None else seed}"
+        raise BuildError(f"the search has no held-out scores for {named}: rerun `python -m model_build search`")
     scores, folds = {}, {}
     for run in runs:
         for index, score in run["held_out"].items():

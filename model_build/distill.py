@@ -14,7 +14,7 @@ model"). The cascade keeps the undistilled default; the recipe stays for the nex
 Where the targets come from, so that no score a band is chosen by comes from a model that saw its pair:
 - `finetune --teacher`: the teacher checkpoint (trained on all of train) scores every train pair;
 - `search --teacher-search`: fold k's student takes the targets that fold k's teacher (trained on the same pairs, never
-  on fold k) gave the pairs it trained on (`fitted` in the teacher's search JSON), so fold k is unseen by both.
+  on fold k) gave the pairs it trained on (`fitted` in the teacher's search JSON; search.fold_targets), so fold k is unseen by both.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from artifact.manifest import sha256_file
 from model_build.errors import BuildError
@@ -47,21 +46,3 @@ def teacher_identity(teacher: Path) -> dict[str, str]:
     if not weights.is_file():
         raise BuildError(f"the teacher {teacher} has no model.safetensors: fine-tune it first")
     return {"checkpoint": teacher.name, "weights_sha256": sha256_file(weights)}
-
-
-def fold_targets(teacher_search: dict[str, Any], fold: int, train_ids: Sequence[int]) -> list[float]:
-    """Fold `fold`'s teacher's scores of the pairs it trained on, in `train_ids` order; a BuildError unless the
-    teacher's search trained that fold on exactly these pairs (the same train split and folds)."""
-    candidate, seed = teacher_search["chosen"]["candidate"], teacher_search["seeds"][0]
-    runs = [r for r in teacher_search["runs"] if r["candidate"] == candidate and r["seed"] == seed and r["fold"] == fold]
-    if not runs or "fitted" not in runs[0]:
-        raise BuildError(
-            f"the teacher's search has no scores of its fold {fold + 1}'s training pairs: rerun its `python -m model_build search`"
-        )
-    fitted = {int(i): float(s) for i, s in runs[0]["fitted"].items()}
-    if set(fitted) != set(train_ids):
-        raise BuildError(
-            f"the teacher's fold {fold + 1} trained on {len(fitted)} pairs, not the same {len(train_ids)} as this search's: "
-            "run both searches on the same train split with the same --folds"
-        )
-    return [fitted[i] for i in train_ids]

@@ -30,7 +30,6 @@ from typing import Any
 
 from artifact.kernels import available_cpus, cpu_description
 from model_build.checkpoint import Checkpoint, load_base
-from model_build.distill import fold_targets
 from model_build.errors import BuildError
 from model_build.finetune import (
     EncodedSet,
@@ -152,13 +151,37 @@ def search(
                     if r.distils and teacher_search is not None:
                         own = own.with_teacher(fold_targets(teacher_search, k, train_ids))
                     run = _fold(base, own, data.subset(held_ids), r, seed=seed, bar=bar, bf16=bf16, max_steps=max_steps)
-                    run |= {"held_out": dict(zip(held_ids, run.pop("held_out"), strict=True))}
-                    run |= {"fitted": dict(zip(train_ids, run.pop("fitted"), strict=True))}
+                    run["held_out"] = dict(zip(held_ids, run["held_out"], strict=True))
+                    run["fitted"] = dict(zip(train_ids, run["fitted"], strict=True))
                     runs.append({"candidate": name, "seed": seed, "fold": k} | run)
                     log.info("%s seed %d fold %d: held-out F1 by epoch %s", name, seed, k + 1, [round(e["f1"], 4) for e in run["epochs"]])
     result = _summarise(recipes, runs, folds, seeds, len(pairs), time.perf_counter() - started, base)
     result["precision"] = {str(p): why for p, (_, why) in precisions.items()}
     return result
+
+
+def runs_of(result: dict[str, Any], candidate: str | None = None, seed: int | None = None) -> list[dict[str, Any]]:
+    """A search result's runs of one candidate (default: the chosen one) at one seed (default: its first), one per fold."""
+    candidate = candidate or result["chosen"]["candidate"]
+    seed = result["seeds"][0] if seed is None else seed
+    return [r for r in result["runs"] if r["candidate"] == candidate and r["seed"] == seed]
+
+
+def fold_targets(teacher_search: dict[str, Any], fold: int, train_ids: Sequence[int]) -> list[float]:
+    """Fold `fold`'s teacher's scores of the pairs it trained on, in `train_ids` order; a BuildError unless the
+    teacher's search trained that fold on exactly these pairs (the same train split and folds)."""
+    runs = [r for r in runs_of(teacher_search) if r["fold"] == fold]
+    if not runs or "fitted" not in runs[0]:
+        raise BuildError(
+            f"the teacher's search has no scores of its fold {fold + 1}'s training pairs: rerun its `python -m model_build search`"
+        )
+    fitted = {int(i): float(s) for i, s in runs[0]["fitted"].items()}
+    if set(fitted) != set(train_ids):
+        raise BuildError(
+            f"the teacher's fold {fold + 1} trained on {len(fitted)} pairs, not the same {len(train_ids)} as this search's: "
+            "run both searches on the same train split with the same --folds"
+        )
+    return [fitted[i] for i in train_ids]
 
 
 def _fold(

@@ -1,5 +1,5 @@
-"""Distillation: a recipe that trains on a teacher's scores, where the scores come from, and the cache that retrains the
-student when its teacher changes."""
+"""Distillation: a recipe that trains on a teacher's scores, and where the scores come from (finetune: the teacher
+checkpoint; search: each fold's teacher)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from model_build.errors import BuildError
 from model_build.finetune import FinetuneConfig, encode_pairs, epoch_examples, finetune, train
 from model_build.mrpc import load_split
 from model_build.recipes import Augmentation, Recipe, recipe
+from model_build.search import fold_targets
 from tests.model.test_search import synthetic_pairs, write_split
 
 HARD = Recipe(epochs=1, learning_rate=1e-3, batch_size=4, augmentation=Augmentation.SWAP)
@@ -112,4 +113,4 @@ def test_search_distils_each_fold_from_that_folds_teacher_and_refuses_another_sp
     student = json.loads(student_json.read_text())
     assert {r["fold"] for r in student["runs"]} == {0, 1, 2}
     with pytest.raises(BuildError, match="not the same"):
-        distill_module.fold_targets(teacher, 0, list(range(5)))
+        fold_targets(teacher, 0, list(range(5)))
