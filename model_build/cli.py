@@ -36,6 +36,17 @@ def _positive(value: str) -> int:
     return number
 
 
+def _share(value: str) -> float:
+    """argparse type: a share of pairs, above 0 and at most 1."""
+    try:
+        share = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not 0 < share <= 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a share of pairs (above 0, at most 1)")
+    return share
+
+
 def _parser() -> argparse.ArgumentParser:
     description = "Fine-tune, build, verify, inspect and evaluate the model artifacts."
     parser = argparse.ArgumentParser(prog="python -m model_build", description=description)
@@ -278,7 +289,9 @@ def _cascade_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fast-candidate", default=None, help="the recipe whose folds to use (default: the search's choice)")
     p.add_argument("--accurate-candidate", default=None, help="the recipe whose folds to use (default: the search's choice)")
     p.add_argument("--data-dir", type=Path, required=True, help="GLUE MRPC folder (train's labels; dev is not read)")
-    p.add_argument("--points", type=float, default=0.5, help="the goal: F1 within this many points of the accurate model")
+    goal = p.add_mutually_exclusive_group()
+    goal.add_argument("--points", type=float, default=0.5, help="the goal: F1 within this many points of the accurate model")
+    goal.add_argument("--max-escalated", type=_share, default=None, help="the goal instead: the best F1 escalating at most this share")
     p.add_argument("--fast-name", default="minilm-l6-mrpc", help="the fast model's manifest name")
     p.add_argument("--accurate-name", default="mpnet-base-mrpc", help="the accurate model's manifest name")
     p.add_argument("--name", default="cascade")
@@ -286,13 +299,13 @@ def _cascade_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _cascade(args: argparse.Namespace, threads: int) -> None:
-    from model_build.cascade import choose_band, read_search, render, write
+    from model_build.cascade import AtMostShare, WithinPoints, choose_band, read_search, render, write
 
     chosen = choose_band(
         read_search(args.fast_search),
         read_search(args.accurate_search),
         args.data_dir,
-        points=args.points,
+        goal=WithinPoints(args.points) if args.max_escalated is None else AtMostShare(args.max_escalated),
         fast_candidate=args.fast_candidate,
         accurate_candidate=args.accurate_candidate,
     )

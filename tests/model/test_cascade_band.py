@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from model_build.cascade import choose, choose_band, outcome
+from model_build.cascade import AtMostShare, WithinPoints, choose, choose_band, outcome
 from model_build.errors import BuildError
 from tests.conftest import write_mrpc
 
@@ -18,12 +18,27 @@ def test_the_band_reaches_the_goal_at_the_lowest_share_escalated():
     labels = [rng.random() < 0.65 for _ in range(600)]
     accurate = [0.9 if y else 0.1 for y in labels]  # always right
     fast = [(0.9 if y else 0.1) if rng.random() < 0.8 else rng.uniform(0.3, 0.7) for y in labels]  # unsure on a fifth
-    chosen = choose(fast, accurate, [int(y) for y in labels], points=0.5)
+    chosen = choose(fast, accurate, [int(y) for y in labels], WithinPoints(0.5))
     assert chosen.f1 >= 1.0 - 0.005
     assert 0.3 <= chosen.low <= 0.5 <= chosen.high <= 0.71
     assert chosen.escalated <= sum(1 for f in fast if 0.3 <= f < 0.71) / len(fast)
     none = outcome(0.5, 0.5, fast, accurate, [int(y) for y in labels])
     assert none.escalated == 0.0 and none.f1 < chosen.f1
+
+
+def test_a_share_bound_takes_the_best_band_within_it():
+    rng = random.Random(4)
+    labels = [rng.random() < 0.65 for _ in range(600)]
+    accurate = [0.9 if y else 0.1 for y in labels]
+    fast = [(0.9 if y else 0.1) if rng.random() < 0.8 else rng.uniform(0.3, 0.7) for y in labels]
+    y = [int(v) for v in labels]
+    unsure = sum(1 for f in fast if 0.3 <= f < 0.71) / len(fast)
+    wide, narrow = choose(fast, accurate, y, AtMostShare(1.0)), choose(fast, accurate, y, AtMostShare(unsure / 2))
+    assert wide.f1 == 1.0 and wide.escalated <= unsure  # the perfect F1 at the least share that reaches it
+    assert narrow.escalated <= unsure / 2 and narrow.f1 < wide.f1
+    best_within = max(outcome(lo, hi, fast, accurate, y).f1 for lo in (0.3, 0.4, 0.5) for hi in (0.5, 0.6, 0.71)
+                      if outcome(lo, hi, fast, accurate, y).escalated <= unsure / 2)  # fmt: skip
+    assert narrow.f1 >= best_within
 
 
 def test_the_choice_reads_train_only_and_reports_figures_chosen_elsewhere(tmp_path: Path):
