@@ -105,7 +105,7 @@ class PredictionService:
         """Serve `runtimes` by name (the first is the default) and `cascades` over them: warm each up at every shape it
         may use (off the loop), publish their metrics, start their batchers on the shared workers."""
         settings = self.settings
-        self.pool = WorkerPool(settings.workers)
+        self.pool = WorkerPool(settings.workers, settings.model_affinity_ms / 1000)
         queueing = Queueing(
             settings.max_batch_wait_ms / 1000, settings.queue_capacity, int(settings.queue_capacity * settings.queue_reserve)
         )

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from app.core.batcher import Batcher
+from app.core.batcher import Batcher, WorkerPool
 from app.shared.errors import InferenceFailed, NotReady, Overloaded, ShuttingDown, kind_of
 from app.transport.http_errors import headers_for
 
@@ -439,3 +439,58 @@ def test_room_held_without_announcing_counts_against_capacity_but_holds_no_batch
     model, result = asyncio.run(scenario())
     assert model.batches == [[1.0]]
     assert result.score == 0.01
+
+
+def two_models_on_two_workers(affinity_s: float, *, aged: bool = False) -> list[str]:
+    """Models `a` and `b` share two workers: a's first batch holds one, b's first the other; then b asks for a worker,
+    then a. b's first batch ends first. The order in which batches started (`aged`: b has waited `affinity_s` when its
+    first batch ends)."""
+
+    async def scenario() -> list[str]:
+        started: list[str] = []
+        gates = {tag: threading.Event() for tag in "ab"}
+
+        def forward(tag: str) -> Callable[[list[float]], FakeResult]:
+            def run(rows: list[float]) -> FakeResult:
+                started.append(tag)
+                assert gates[tag].wait(5), "test forgot to open the gate"
+                return FakeResult([0.0] * len(rows))
+
+            return run
+
+        pool = WorkerPool(2, affinity_s)
+        a, b = (Batcher(forward(tag), batch_size=8, max_wait_s=0.0, capacity=64, pool=pool) for tag in "ab")
+        a.start()
+        b.start()
+        futures = a.submit([1.0] * 8)
+        await until(lambda: started == ["a"])
+        futures += b.submit([1.0] * 8)
+        await until(lambda: started == ["a", "b"])  # each holds a worker
+        futures += b.submit([1.0] * 8)
+        await until(lambda: len(pool._waiting) == 1)
+        futures += a.submit([1.0] * 8)
+        await until(lambda: len(pool._waiting) == 2)  # b asked first, then a
+        if aged:
+            await asyncio.sleep(2 * affinity_s)  # b has now waited past the bound: an age, not a wait for an outcome
+        gates["b"].set()  # b's worker frees while a's first batch still runs
+        await until(lambda: len(started) >= 3)  # the third batch started (b's second may already have ended)
+        gates["a"].set()
+        await asyncio.gather(*futures)
+        for batcher in (a, b):
+            await batcher.drain(1)
+        pool.shutdown()
+        return started
+
+    return asyncio.run(scenario())
+
+
+def test_models_on_shared_workers_take_turns_in_the_order_they_asked():
+    assert two_models_on_two_workers(0.0) == ["a", "b", "b", "a"]
+
+
+def test_a_free_worker_goes_to_the_model_another_worker_is_running():
+    assert two_models_on_two_workers(60.0) == ["a", "b", "a", "b"]  # a runs on both workers, then b
+
+
+def test_a_model_is_passed_over_for_the_running_one_only_until_it_has_waited_the_bound():
+    assert two_models_on_two_workers(0.02, aged=True) == ["a", "b", "b", "a"]
