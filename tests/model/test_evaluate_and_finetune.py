@@ -213,3 +213,18 @@ def test_ensure_default_retrains_a_checkpoint_of_an_earlier_recipe_once(
     artifacts = default_model.ensure_default_artifacts(cache, mrpc_dir)
     assert trained == [str(checkpoint)] and (artifacts / "int8-calibrated" / "manifest.json").is_file()
     assert default_model.ensure_default_artifacts(cache, mrpc_dir) == artifacts and len(trained) == 1  # now current: reused
+
+
+def test_a_checkpoint_recorded_before_a_recipe_field_existed_is_still_its_recipes(tmp_path: Path):
+    """A field added to Recipe later means its default for older records; any recorded difference still retrains."""
+    from dataclasses import asdict
+
+    from model_build.finetune import trained_with
+    from model_build.recipes import Recipe
+
+    current = Recipe(learning_rate=2e-5)
+    older = {k: v for k, v in asdict(current).items() if k != "teacher_weight"}  # recorded before distillation existed
+    (tmp_path / "training.json").write_text(json.dumps({"recipe": older, "seed": 42}))
+    assert trained_with(tmp_path, current, 42)
+    assert not trained_with(tmp_path, Recipe(learning_rate=2e-5, teacher_weight=0.5), 42)
+    assert not trained_with(tmp_path, Recipe(learning_rate=5e-5), 42) and not trained_with(tmp_path, current, 7)
