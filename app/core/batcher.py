@@ -81,9 +81,10 @@ class WorkerPool:
     a batcher of the model another worker is running now goes first.
 
     Why: the workers share the CPU's last-level cache, and two models' weights evict each other from it. Measured
-    (AMD EPYC Zen 4, 2 cores, 32 MB L3, openvino-int8, 8-pair MRPC dev batches, ms per pair): MPNet-base 40.1 beside
-    itself and 59.4 beside MiniLM; MiniLM 6.5 beside itself and 9.8 beside MPNet. Running one model on every worker
-    at a time, and switching together, serves a cascade's two stages at their own costs.
+    (`python -m bench.model_mix`, AMD EPYC Zen 4, 2 cores, 32 MB L3, openvino-int8, 8-pair MRPC dev batches, ms per
+    pair): MPNet-base 39.9 beside itself and 58.9 beside MiniLM; MiniLM 6.2 beside itself and 9.2 beside MPNet.
+    Running one model on every worker at a time, and switching together, serves a cascade's two stages at their own
+    costs (bench.cascade: 1.14-1.38x the cascade's pairs/s of strict turns at 300 ms; 1000 ms did no better).
     """
 
     def __init__(self, workers: int, affinity_s: float = 0.0) -> None:
