@@ -25,7 +25,7 @@ import httpx
 from artifact.cascade import read_cascade
 from artifact.kernels import cpu_description
 from bench.service import idle_latency
-from model_build.cascade import Outcome, bands, outcome
+from model_build.cascade import AtMostShare, bands, outcome
 from model_build.mrpc import load_split
 from model_build.scoring import f1_accuracy
 from tests.harness.load import closed_loop, mixed, predict_sender
@@ -63,16 +63,13 @@ def dev_bound(fast: list[float], accurate: list[float], dev: list[Any]) -> dict[
     off dev itself at each share escalated (a bound, never a choice)."""
     labels = [p.label for p in dev]
     disagree = [f for f, a in zip(fast, accurate, strict=True) if (f >= 0.5) != (a >= 0.5)]
-    best: dict[float, Outcome] = {}
-    for low, high in bands():
-        o = outcome(low, high, fast, accurate, labels)
-        for share in BOUND_SHARES:
-            if o.escalated <= share and (share not in best or o.f1 > best[share].f1):
-                best[share] = o
+    outcomes = [outcome(low, high, fast, accurate, labels) for low, high in bands()]
+    accurate_f1 = f1_accuracy(labels, [int(s >= 0.5) for s in accurate])["f1"]
+    best = {share: AtMostShare(share).pick(outcomes, accurate_f1) for share in BOUND_SHARES}
     return {
         "disagree": len(disagree) / len(dev),
         "disagree_fast_above_0_85": sum(1 for f in disagree if f >= 0.85) / max(1, len(disagree)),
-        "best_band_at_share": [{"share": share, **asdict(best[share])} for share in BOUND_SHARES],
+        "best_band_at_share": [{"share": share, **asdict(o)} for share, o in best.items() if o is not None],
     }
 
 
@@ -97,9 +94,8 @@ async def load(url: str, model: str, pairs: list[tuple[str, str]], clients: int,
 
 def stage_costs(before: Samples, after: Samples) -> dict[str, float]:
     """What each model's batches were during a load: pairs per batch and forward milliseconds per pair (from the
-    per-model batch and inference histograms), and the workers' busy seconds (the caller divides them by the time).
-    Why the cascade serves less than forward cost predicts: its accurate batches are small and its fast forwards slower
-    beside an accurate one on the other core."""
+    per-model batch and inference histograms), and the workers' busy seconds (the caller divides them by the time):
+    whether the cascade's stages run at their own costs or slower beside each other (PARASERVE_MODEL_AFFINITY_MS)."""
     figures: dict[str, float] = {"worker_busy_s": metric_delta(before, after, "paraserve_worker_busy_seconds_total")}
     for stage in STAGES:
         rows = metric_delta(before, after, "paraserve_batch_rows_sum", model=stage)
