@@ -1,5 +1,6 @@
 """The fast model, the accurate one and the cascade over them, served side by side by one server (2 workers): pairs/s
-and p50/p99 at 16 clients of 1-8 MRPC dev pairs, and dev F1 and the share of pairs escalated; then the curve of F1
+and p50/p99 at 16 clients of 1-8 MRPC dev pairs, dev F1 and its gap to the accurate model's (with a 90% paired
+bootstrap interval: 408 pairs make a 1-point gap uncertain) and the share of pairs escalated; then the curve of F1
 against share escalated, with pairs/s, for symmetric bands around 0.5 (PARASERVE_CASCADE_BAND) and the chosen one.
 Each row also gives each model's pairs per batch and forward milliseconds per pair under that load, and the workers'
 busy share: where a cascade's pairs/s goes; and, from the two models' dev scores, the best any band could do on dev
@@ -27,7 +28,7 @@ from artifact.kernels import cpu_description
 from bench.service import idle_latency
 from model_build.cascade import AtMostShare, bands, outcome
 from model_build.mrpc import load_split
-from model_build.scoring import f1_accuracy
+from model_build.scoring import f1_accuracy, f1_gap_interval
 from tests.harness.load import closed_loop, mixed, predict_sender
 from tests.harness.scrape import Samples, metric_delta, samples
 from tests.harness.server import running_server
@@ -56,6 +57,14 @@ def dev_figures(scores: list[float], decided: list[str], dev: list[Any]) -> dict
     """Dev F1 and accuracy, and the share of pairs the accurate model decided."""
     figures = f1_accuracy([p.label for p in dev], [int(s >= 0.5) for s in scores])
     return {**figures, "escalated": sum(1 for d in decided if d == "accurate") / len(decided)}
+
+
+def gap_to_accurate(scores: list[float], accurate: list[float], dev: list[Any]) -> dict[str, Any]:
+    """Dev F1 minus the accurate model's, and its 90% paired-bootstrap interval: how sure a gap on 408 pairs is."""
+    labels = [p.label for p in dev]
+    ours, theirs = [int(s >= 0.5) for s in scores], [int(s >= 0.5) for s in accurate]
+    gap = f1_accuracy(labels, ours)["f1"] - f1_accuracy(labels, theirs)["f1"]
+    return {"f1_gap": gap, "f1_gap_90": list(f1_gap_interval(labels, ours, theirs))}
 
 
 def dev_bound(fast: list[float], accurate: list[float], dev: list[Any]) -> dict[str, Any]:
@@ -129,8 +138,10 @@ def show(row: dict[str, float]) -> str:
         f"{row[f'{s}_rows_per_batch']:5.1f} {row[f'{s}_forward_ms_per_pair']:6.1f}" if f"{s}_rows_per_batch" in row else f"{'-':>12s}"
         for s in STAGES
     )
+    low, high = row["f1_gap_90"]
+    gap = f"{row['f1_gap'] * 100:+6.2f} [{low * 100:+6.2f}, {high * 100:+6.2f}]"
     idle = f" {row['idle_p50_s'] * 1000:12.1f}" if "idle_p50_s" in row else ""
-    return f"{timing} {row['f1']:7.4f} {row['escalated']:9.1%} {stages} {row['worker_busy_share']:5.0%}{idle}"
+    return f"{timing} {row['f1']:7.4f} {gap} {row['escalated']:9.1%} {stages} {row['worker_busy_share']:5.0%}{idle}"
 
 
 def main() -> int:
@@ -150,11 +161,13 @@ def main() -> int:
     chosen = read_cascade(args.cascade)
     results: dict[str, Any] = {"models": {}, "curve": []}
     stage_head = " ".join(f"{s[:4] + ' rows':>5s} {'ms/pr':>6s}" for s in STAGES)
-    head = f"{'pairs/s':>8s} {'p50 ms':>7s} {'p99 ms':>7s} {'dev F1':>7s} {'escalated':>9s} {stage_head} {'busy':>5s}"
+    gap_head = "points to accurate (90%)"
+    head = f"{'pairs/s':>8s} {'p50 ms':>7s} {'p99 ms':>7s} {'dev F1':>7s} {gap_head:>24s} {'escalated':>9s} {stage_head} {'busy':>5s}"
     print(f"{'model':10s} {head} {'idle p50 ms':>12s}", flush=True)
     with running_server(args.fast, **settings) as server:
-        for model in ("fast", "accurate", "cascade"):
+        for model in ("accurate", "fast", "cascade"):  # the accurate model's dev scores first: each row's gap is to them
             row = measure(server.url, model, dev, args.clients, args.seconds, idle=True)
+            row |= gap_to_accurate(row["dev_scores"], results["models"].get("accurate", row)["dev_scores"], dev)
             results["models"][model] = row
             print(f"{model:10s} {show(row)}", flush=True)
     results["dev_bound"] = dev_bound(results["models"]["fast"]["dev_scores"], results["models"]["accurate"]["dev_scores"], dev)
@@ -165,7 +178,7 @@ def main() -> int:
         for low, high in served_bands:
             with running_server(args.fast, **settings, cascade_band=f"{low:.2f},{high:.2f}") as server:
                 row = {"low": low, "high": high, **measure(server.url, "cascade", dev, args.clients, args.seconds)}
-            row.pop("dev_scores")
+            row |= gap_to_accurate(row.pop("dev_scores"), results["models"]["accurate"]["dev_scores"], dev)
             results["curve"].append(row)
             print(f"[{low:.2f}, {high:.2f}) {show(row)}", flush=True)
     results.update(band=[chosen.band.low, chosen.band.high], clients=args.clients, seconds=args.seconds, workers=WORKERS)

@@ -6,7 +6,7 @@ import pytest
 
 from model_build.errors import BuildError
 from model_build.mrpc import load_split, read_tsv
-from model_build.scoring import f1_accuracy
+from model_build.scoring import f1_accuracy, f1_gap_interval
 from tests.conftest import MRPC_HEADER, write_mrpc
 
 
@@ -19,6 +19,19 @@ def test_f1_and_accuracy_on_hand_made_cases():
     assert f1_accuracy([1, 0], [1, 0]) == {"f1": 1.0, "accuracy": 1.0}
     with pytest.raises(ValueError, match="2 labels but 1"):
         f1_accuracy([1, 0], [1])
+
+
+def test_the_gap_interval_is_paired_and_brackets_the_gap():
+    labels = [1, 0] * 50
+    assert f1_gap_interval(labels, labels, labels, rounds=200) == (0.0, 0.0)  # the same answers: no gap in any resample
+    # the second is wrong on 10 of 100 pairs the first gets right: every resample favours the first, by about the gap
+    second = [1 - y if i < 10 else y for i, y in enumerate(labels)]
+    gap = f1_accuracy(labels, labels)["f1"] - f1_accuracy(labels, second)["f1"]
+    low, high = f1_gap_interval(labels, labels, second, rounds=500)
+    assert 0.0 < low < gap < high
+    assert f1_gap_interval(labels, second, labels, rounds=500) == (-high, -low)  # the same resamples, the gap reversed
+    with pytest.raises(ValueError, match="100 labels but 100 and 1"):
+        f1_gap_interval(labels, labels, [1])
 
 
 def test_reads_bom_header_and_bare_quotes(tmp_path: Path):
