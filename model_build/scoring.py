@@ -31,6 +31,8 @@ def f1_gap_interval(
     alone would read as more certain than it is."""
     if not len(labels) == len(first) == len(second):
         raise ValueError(f"{len(labels)} labels but {len(first)} and {len(second)} predictions")
+    if not 0 < level < 1 or rounds < 1:
+        raise ValueError(f"level must be in (0, 1) and rounds at least 1, not {level} and {rounds}")
     rng = random.Random(seed)
     n = len(labels)
     gaps = []

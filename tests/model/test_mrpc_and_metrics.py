@@ -24,7 +24,7 @@ def test_f1_and_accuracy_on_hand_made_cases():
 def test_the_gap_interval_is_paired_and_brackets_the_gap():
     labels = [1, 0] * 50
     assert f1_gap_interval(labels, labels, labels, rounds=200) == (0.0, 0.0)  # the same answers: no gap in any resample
-    # the second is wrong on 10 of 100 pairs the first gets right: every resample favours the first, by about the gap
+    # the second is wrong on 10 of 100 pairs the first gets right: the resamples favour the first, by about the gap
     second = [1 - y if i < 10 else y for i, y in enumerate(labels)]
     gap = f1_accuracy(labels, labels)["f1"] - f1_accuracy(labels, second)["f1"]
     low, high = f1_gap_interval(labels, labels, second, rounds=500)
@@ -32,6 +32,8 @@ def test_the_gap_interval_is_paired_and_brackets_the_gap():
     assert f1_gap_interval(labels, second, labels, rounds=500) == (-high, -low)  # the same resamples, the gap reversed
     with pytest.raises(ValueError, match="100 labels but 100 and 1"):
         f1_gap_interval(labels, labels, [1])
+    with pytest.raises(ValueError, match="level must be in"):
+        f1_gap_interval(labels, labels, labels, level=90)
 
 
 def test_reads_bom_header_and_bare_quotes(tmp_path: Path):
