@@ -26,7 +26,7 @@ import httpx
 from artifact.cascade import read_cascade
 from artifact.kernels import cpu_description
 from bench.service import idle_latency
-from model_build.cascade import AtMostShare, bands, outcome
+from model_build.cascade import THRESHOLD, AtMostShare, bands, outcome
 from model_build.mrpc import load_split
 from model_build.scoring import f1_accuracy, f1_gap_interval
 from tests.harness.load import closed_loop, mixed, predict_sender
@@ -53,16 +53,21 @@ def dev_scores(url: str, model: str, dev: list[Any]) -> tuple[list[float], list[
     return scores, decided
 
 
+def answers(scores: list[float]) -> list[int]:
+    """1 for "paraphrase" at the service's threshold."""
+    return [int(s >= THRESHOLD) for s in scores]
+
+
 def dev_figures(scores: list[float], decided: list[str], dev: list[Any]) -> dict[str, float]:
     """Dev F1 and accuracy, and the share of pairs the accurate model decided."""
-    figures = f1_accuracy([p.label for p in dev], [int(s >= 0.5) for s in scores])
+    figures = f1_accuracy([p.label for p in dev], answers(scores))
     return {**figures, "escalated": sum(1 for d in decided if d == "accurate") / len(decided)}
 
 
 def gap_to_accurate(scores: list[float], accurate: list[float], dev: list[Any]) -> dict[str, Any]:
     """Dev F1 minus the accurate model's, and its 90% paired-bootstrap interval: how sure a gap on 408 pairs is."""
     labels = [p.label for p in dev]
-    ours, theirs = [int(s >= 0.5) for s in scores], [int(s >= 0.5) for s in accurate]
+    ours, theirs = answers(scores), answers(accurate)
     gap = f1_accuracy(labels, ours)["f1"] - f1_accuracy(labels, theirs)["f1"]
     return {"f1_gap": gap, "f1_gap_90": list(f1_gap_interval(labels, ours, theirs))}
 
@@ -71,9 +76,9 @@ def dev_bound(fast: list[float], accurate: list[float], dev: list[Any]) -> dict[
     """What no band chosen on train can beat on dev: where the two models disagree, and the best F1 of any band read
     off dev itself at each share escalated (a bound, never a choice)."""
     labels = [p.label for p in dev]
-    disagree = [f for f, a in zip(fast, accurate, strict=True) if (f >= 0.5) != (a >= 0.5)]
+    disagree = [f for f, x, y in zip(fast, answers(fast), answers(accurate), strict=True) if x != y]
     outcomes = [outcome(low, high, fast, accurate, labels) for low, high in bands()]
-    accurate_f1 = f1_accuracy(labels, [int(s >= 0.5) for s in accurate])["f1"]
+    accurate_f1 = f1_accuracy(labels, answers(accurate))["f1"]
     best = {share: AtMostShare(share).pick(outcomes, accurate_f1) for share in BOUND_SHARES}
     return {
         "disagree": len(disagree) / len(dev),
