@@ -26,7 +26,7 @@ import httpx
 from artifact.cascade import read_cascade
 from artifact.kernels import cpu_description
 from bench.service import idle_latency
-from model_build.cascade import THRESHOLD, AtMostShare, bands, outcome
+from model_build.cascade import AtMostShare, answers, bands, outcome
 from model_build.mrpc import load_split
 from model_build.scoring import f1_accuracy, f1_gap_interval
 from tests.harness.load import closed_loop, mixed, predict_sender
@@ -51,11 +51,6 @@ def dev_scores(url: str, model: str, dev: list[Any]) -> tuple[list[float], list[
                 scores.append(p["score"])
                 decided.append(p["decided_by"])
     return scores, decided
-
-
-def answers(scores: list[float]) -> list[int]:
-    """1 for "paraphrase" at the service's threshold."""
-    return [int(s >= THRESHOLD) for s in scores]
 
 
 def dev_figures(scores: list[float], decided: list[str], dev: list[Any]) -> dict[str, float]:

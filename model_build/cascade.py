@@ -59,9 +59,14 @@ def out_of_fold(search: dict[str, Any], candidate: str | None = None, seed: int 
     return scores, folds
 
 
+def answers(scores: Sequence[float]) -> list[int]:
+    """1 for "paraphrase" at the threshold the service answers by."""
+    return [int(s >= THRESHOLD) for s in scores]
+
+
 def outcome(low: float, high: float, fast: Sequence[float], accurate: Sequence[float], labels: Sequence[int]) -> Outcome:
     final = [a if low <= f < high else f for f, a in zip(fast, accurate, strict=True)]
-    figures = f1_accuracy(labels, [int(s >= THRESHOLD) for s in final])
+    figures = f1_accuracy(labels, answers(final))
     escalated = sum(1 for f in fast if low <= f < high) / len(fast)
     return Outcome(low, high, figures["f1"], figures["accuracy"], escalated)
 
@@ -107,7 +112,7 @@ Goal = WithinPoints | AtMostShare
 
 def choose(fast: Sequence[float], accurate: Sequence[float], labels: Sequence[int], goal: Goal) -> Outcome:
     """The band of every band on the grid that best meets `goal` on these scores."""
-    accurate_f1 = f1_accuracy(labels, [int(s >= THRESHOLD) for s in accurate])["f1"]
+    accurate_f1 = f1_accuracy(labels, answers(accurate))["f1"]
     picked = goal.pick([outcome(lo, hi, fast, accurate, labels) for lo, hi in bands()], accurate_f1)
     if picked is None:  # escalating everything is the accurate model itself, and no band at all escalates nothing
         raise BuildError(f"no band meets the goal: {goal.describe()}")
@@ -153,8 +158,8 @@ def choose_band(
         scored = outcome(picked.low, picked.high, [f[j] for j in inside], [a[j] for j in inside], [y[j] for j in inside])
         per_fold.append({"fold": k, "band_chosen_on_other_folds": [picked.low, picked.high], **asdict(scored)})
     alone = {
-        "fast": f1_accuracy(y, [int(s >= THRESHOLD) for s in f]),
-        "accurate": f1_accuracy(y, [int(s >= THRESHOLD) for s in a]),
+        "fast": f1_accuracy(y, answers(f)),
+        "accurate": f1_accuracy(y, answers(a)),
     }
     mean = {key: sum(r[key] for r in per_fold) / len(per_fold) for key in ("f1", "accuracy", "escalated")}
     return {
